@@ -1,0 +1,32 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Both install what they use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export DVC_NO_ANALYTICS := 1
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install demo test lint clean
+
+install: $(VENV)/.installed
+
+# torch first, pinned: it is the CPU build on these machines, and the project's torch range is
+# then already satisfied, so no CUDA build is ever pulled in.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: install
+	dvc repro
+	rf1m catalog query "SELECT prompt_id, count(*) AS samples, count(DISTINCT product_id) AS products FROM samples GROUP BY ALL ORDER BY ALL"
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf data models

@@ -1,0 +1,258 @@
+"""Products stage: a folder of product images (or the synthetic catalog) -> a clean products table.
+
+Output, under `out` (default `data/products`):
+  images/<product_id>.png   the product as RGBA, alpha = product
+  products.parquet          product_id, title, category, source, image, width, height
+  quarantine.jsonl          every file refused, with its reason
+
+Background removal for images without alpha (documented rule): the background colour is the median
+of the 1-px border; the border must be plain (median absolute deviation <= `bg_tolerance`); pixels
+within `bg_tolerance` of that colour that connect to the border are background; the rest is product.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import unicodedata
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from rf1m.quarantine import Record, Rejected, to_jsonl
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+@dataclass(frozen=True)
+class ProductsConfig:
+    source: str = "synthetic"  # "synthetic" or a folder of product images
+    metadata: str | None = None  # CSV (file,title,category) or JSON for a folder
+    count: int = 25  # synthetic products
+    seed: int = 0
+    size: int = 256  # synthetic canvas side
+    min_side: int = 32
+    max_pixels: int = 40_000_000
+    bg_tolerance: int = 24
+    out: str = "data/products"
+
+
+# ---------------------------------------------------------------- synthetic catalog
+
+COLOURS = {"red": (200, 40, 40), "green": (40, 150, 70), "blue": (40, 80, 200), "yellow": (230, 200, 40),
+           "orange": (235, 130, 30), "purple": (130, 60, 170), "pink": (235, 120, 170), "white": (240, 240, 235),
+           "black": (30, 30, 35), "teal": (30, 150, 150), "brown": (120, 75, 40), "silver": (185, 190, 195)}
+KINDS = {"bottle": "beauty", "box": "electronics", "can": "beverage", "jar": "grocery", "shoe": "footwear",
+         "cup": "kitchen", "tube": "personal care", "bag": "fashion"}
+BRANDS = ("Nordic", "Crème", "Aurora", "Kōji", "Vela", "Zephyr", "Mirth", "Solène", "Tundra", "Orbit")
+
+
+def _draw(kind: str, colour: tuple, rng: np.random.Generator, side: int) -> np.ndarray:
+    img = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+    d = ImageDraw.Draw(img)
+    c = tuple(int(v) for v in colour) + (255,)
+    light = tuple(min(255, int(v * 0.5 + 128)) for v in colour) + (255,)
+    w = int(side * rng.uniform(0.25, 0.45))
+    h = int(side * rng.uniform(0.55, 0.9))
+    cx, top = side // 2, (side - h) // 2
+    if kind == "bottle":
+        neck = w // 3
+        d.rectangle([cx - neck // 2, top, cx + neck // 2, top + h // 4], fill=light)
+        d.rounded_rectangle([cx - w // 2, top + h // 4, cx + w // 2, top + h], radius=w // 4, fill=c)
+    elif kind == "box":
+        w = int(side * rng.uniform(0.5, 0.8))
+        d.rectangle([cx - w // 2, top, cx + w // 2, top + h], fill=c)
+        d.polygon([(cx - w // 2, top), (cx - w // 3, top - side // 12), (cx + w // 1.7, top - side // 12),
+                   (cx + w // 2, top)], fill=light)
+    elif kind == "can":
+        d.rectangle([cx - w // 2, top + w // 8, cx + w // 2, top + h - w // 8], fill=c)
+        d.ellipse([cx - w // 2, top, cx + w // 2, top + w // 4], fill=light)
+        d.ellipse([cx - w // 2, top + h - w // 4, cx + w // 2, top + h], fill=c)
+    elif kind == "jar":
+        w = int(side * rng.uniform(0.45, 0.7))
+        d.rectangle([cx - w // 2 + 6, top, cx + w // 2 - 6, top + h // 6], fill=light)
+        d.rounded_rectangle([cx - w // 2, top + h // 6, cx + w // 2, top + h], radius=w // 6, fill=c)
+    elif kind == "shoe":
+        h = int(side * rng.uniform(0.3, 0.45))
+        w = int(side * rng.uniform(0.7, 0.9))
+        top = (side - h) // 2
+        d.polygon([(cx - w // 2, top + h), (cx - w // 2, top + h // 3), (cx - w // 6, top),
+                   (cx, top + h // 3), (cx + w // 2, top + 2 * h // 3), (cx + w // 2, top + h)], fill=c)
+        d.rectangle([cx - w // 2, top + h - h // 6, cx + w // 2, top + h], fill=light)
+    elif kind == "cup":
+        d.rectangle([cx - w // 2, top + h // 3, cx + w // 2, top + h], fill=c)
+        d.ellipse([cx + w // 2 - 4, top + h // 2, cx + w // 2 + w // 3, top + 5 * h // 6], outline=c, width=6)
+    elif kind == "tube":
+        d.polygon([(cx - w // 2, top), (cx + w // 2, top), (cx + w // 4, top + h - h // 8),
+                   (cx - w // 4, top + h - h // 8)], fill=c)
+        d.rectangle([cx - w // 6, top + h - h // 8, cx + w // 6, top + h], fill=light)
+    else:  # bag
+        w = int(side * rng.uniform(0.5, 0.75))
+        d.rectangle([cx - w // 2, top + h // 3, cx + w // 2, top + h], fill=c)
+        d.arc([cx - w // 4, top, cx + w // 4, top + 2 * h // 3], 180, 360, fill=light, width=8)
+    # A label band and side shading so edges and texture exist for Canny and saliency.
+    arr = np.asarray(img).copy()
+    a = arr[..., 3] > 0
+    ys = np.nonzero(a.any(axis=1))[0]
+    if kind not in ("shoe", "bag") and len(ys):
+        band = slice(ys.min() + (ys.max() - ys.min()) // 2, ys.min() + 2 * (ys.max() - ys.min()) // 3)
+        arr[band][a[band]] = light
+    shade = np.linspace(1.15, 0.7, side)[None, :, None]
+    arr[..., :3] = np.clip(arr[..., :3] * shade, 0, 255).astype(np.uint8)
+    return arr
+
+
+def synthetic_products(cfg: ProductsConfig):
+    """Yield (product_id, title, category, rgba) for a deterministic procedural catalog."""
+    rng = np.random.default_rng(cfg.seed)
+    kinds, colours = list(KINDS), list(COLOURS)
+    for i in range(cfg.count):
+        kind = kinds[i % len(kinds)]
+        colour = colours[int(rng.integers(len(colours)))]
+        brand = BRANDS[int(rng.integers(len(BRANDS)))]
+        rgba = _draw(kind, COLOURS[colour], rng, cfg.size)
+        yield f"p{i:05d}", f"{brand} {colour} {kind}", KINDS[kind], rgba
+
+
+# ---------------------------------------------------------------- product folders
+
+def _check_name(rel: str) -> str:
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Rejected("bad_filename", "the file name is not valid UTF-8") from None
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in rel):
+        raise Rejected("bad_filename", "the file name contains control characters")
+    return unicodedata.normalize("NFC", rel)
+
+
+def remove_background(rgb: np.ndarray, tolerance: int) -> np.ndarray:
+    """Alpha for a product photographed on a plain background (rule in the module docstring)."""
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).astype(np.int16)
+    bg = np.median(border, axis=0)
+    if np.median(np.abs(border - bg).max(axis=1)) > tolerance:
+        raise Rejected("background_not_plain", "no alpha channel and the background is not a plain colour")
+    near = (np.abs(rgb.astype(np.int16) - bg).max(axis=2) <= tolerance).astype(np.uint8)
+    _, labels = cv2.connectedComponents(near, connectivity=4)
+    edge_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    background = np.isin(labels, edge_labels[edge_labels > 0]) & (near > 0)
+    alpha = np.where(background, 0, 255).astype(np.uint8)
+    alpha = cv2.morphologyEx(alpha, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    if (alpha > 0).mean() < 0.01:
+        raise Rejected("no_product_found", "background removal left no product")
+    return alpha
+
+
+def load_product_image(path: Path, cfg: ProductsConfig) -> np.ndarray:
+    """Open one product file as RGBA, or raise Rejected with the reason."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = cfg.max_pixels
+            data = path.read_bytes()
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w * h > cfg.max_pixels:
+                raise Rejected("huge", f"{w}x{h} px is over max_pixels={cfg.max_pixels}")
+            im.load()
+    except Rejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise Rejected("huge", f"decompression bomb guard: {e}") from None
+    except (PermissionError, IsADirectoryError, FileNotFoundError) as e:
+        raise Rejected("unreadable", f"cannot read the file: {e.strerror or e}") from None
+    except Exception as e:  # PIL raises many kinds for broken data
+        raise Rejected("corrupt", f"not a decodable image: {type(e).__name__}: {e}") from None
+    if min(w, h) < cfg.min_side:
+        raise Rejected("tiny", f"{w}x{h} px is under min_side={cfg.min_side}")
+    has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+    rgba = np.asarray(im.convert("RGBA")).copy()
+    if has_alpha and (rgba[..., 3] == 0).all():
+        raise Rejected("fully_transparent", "every pixel is transparent")
+    if not has_alpha or (rgba[..., 3] == 255).all():
+        rgba[..., 3] = remove_background(rgba[..., :3], cfg.bg_tolerance)
+    return rgba
+
+
+def read_metadata(path: str | None) -> dict[str, dict]:
+    """Titles and categories keyed by file name (NFC): CSV with a `file` column, or JSON."""
+    if not path:
+        return {}
+    p = Path(path)
+    if p.suffix.lower() == ".json":
+        data = json.loads(p.read_text(encoding="utf-8"))
+        rows = data if isinstance(data, list) else [{"file": k, **v} for k, v in data.items()]
+    else:
+        with open(p, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    if rows and "file" not in rows[0]:
+        raise ValueError(f"{path}: metadata needs a 'file' column naming each image")
+    return {unicodedata.normalize("NFC", r["file"]): r for r in rows}
+
+
+def folder_products(cfg: ProductsConfig, rejected: list[Record]):
+    root = Path(cfg.source)
+    if not root.is_dir():
+        raise FileNotFoundError(f"products source {cfg.source!r} is not a folder (or use 'synthetic')")
+    meta = read_metadata(cfg.metadata)
+    files = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()),
+                   key=lambda p: str(p).encode("utf-8", "surrogateescape"))
+    for path in tqdm(files, desc="products", unit="file"):
+        rel = str(path.relative_to(root))
+        try:
+            name = _check_name(rel)
+            rgba = load_product_image(path, cfg)
+        except Rejected as r:
+            shown = rel.encode("utf-8", "backslashreplace").decode()  # a name that is not UTF-8, made printable
+            rejected.append(Record("products", shown, r.reason, r.detail))
+            continue
+        m = meta.get(name) or meta.get(Path(name).name) or {}
+        pid = "p" + hashlib.sha1(name.encode()).hexdigest()[:12]
+        title = m.get("title") or Path(name).stem.replace("_", " ").replace("-", " ")
+        yield pid, title, m.get("category") or "uncategorised", rgba, name
+
+
+def run(cfg: ProductsConfig) -> dict:
+    out = Path(cfg.out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rejected: list[Record] = []
+    if cfg.source == "synthetic":
+        items = ((pid, t, c, rgba, "synthetic") for pid, t, c, rgba in synthetic_products(cfg))
+    else:
+        items = folder_products(cfg, rejected)
+    rows, seen = [], set()
+    for pid, title, category, rgba, source in items:
+        if pid in seen:  # e.g. the same name saved once in NFC and once in NFD
+            rejected.append(Record("products", source, "duplicate", f"same normalised name as product {pid}"))
+            continue
+        seen.add(pid)
+        rel = f"images/{pid}.png"
+        buf = io.BytesIO()
+        Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+        target = out / rel
+        if not target.exists() or target.read_bytes() != buf.getvalue():
+            tmp = target.with_name(target.name + ".tmp")
+            tmp.write_bytes(buf.getvalue())
+            tmp.replace(target)
+        rows.append({"product_id": pid, "title": unicodedata.normalize("NFC", title), "category": category,
+                     "source": source, "image": rel, "width": rgba.shape[1], "height": rgba.shape[0]})
+    table = pa.Table.from_pylist(rows, schema=pa.schema([
+        ("product_id", pa.string()), ("title", pa.string()), ("category", pa.string()), ("source", pa.string()),
+        ("image", pa.string()), ("width", pa.int64()), ("height", pa.int64())]))
+    pq.write_table(table, out / "products.parquet.tmp")
+    (out / "products.parquet.tmp").replace(out / "products.parquet")
+    (out / "quarantine.jsonl").write_text(to_jsonl(rejected), encoding="utf-8")
+    return {"products": len(rows), "quarantined": len(rejected)}
+
+
+def read_products(out: str | Path) -> list[dict]:
+    return pq.read_table(Path(out) / "products.parquet").to_pylist()

@@ -1,0 +1,132 @@
+"""What an RF1M sample is, written once.
+
+Every other shape of a sample -- the Arrow schema of a shard's Parquet sidecar, the Hugging Face
+`Features` of a release, the member names inside a WebDataset tar -- is a projection of the two
+tables below, so adding a reason or a recipe field is one edit here and every projection follows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Reason:
+    name: str
+    title: str
+    definition: str
+    generation_failure: bool  # RFNet's head judges only failures the generator can cause
+
+
+# The paper's taxonomy (release README of RF1M); `available` is the usable verdict.
+AVAILABLE = Reason(
+    "available", "Available",
+    "Usable as an advert: the product is intact, sits naturally in the scene and stands out.", True)
+REASONS = (
+    Reason("unsuitable", "Unsuitable product",
+           "The product image itself is bad (truncated, damaged, unreadable); no background can save it.",
+           False),
+    Reason("space_mismatch", "Space mismatch",
+           "Wrong spatial relation between product and scene, e.g. floating in the air or cut by an edge.",
+           True),
+    Reason("size_mismatch", "Size mismatch",
+           "The product's scale does not fit the scene: far too large or too small for its surroundings.",
+           True),
+    Reason("indistinctiveness", "Indistinctiveness",
+           "The product does not stand out: busy background or one of the same colour as the product.",
+           True),
+    Reason("shape_hallucination", "Shape hallucination",
+           "The background extends the product's shape: pedestals, legs, handles or halos grown from it.",
+           True),
+)
+LABELS = (AVAILABLE, *REASONS)
+LABEL_NAMES = tuple(r.name for r in LABELS)
+REASON_NAMES = tuple(r.name for r in REASONS)
+
+
+@dataclass(frozen=True)
+class Member:
+    """A file inside a sample's tar entry: `<key>.<name>.<ext>`."""
+
+    name: str
+    ext: str
+    mode: str  # PIL mode the image is stored in
+    description: str
+
+    @property
+    def wds_name(self) -> str:
+        return f"{self.name}.{self.ext}"
+
+
+MEMBERS = (
+    Member("image", "png", "RGB", "the generated advert, original product pixels pasted back"),
+    Member("product", "png", "RGBA", "the product placed on the canvas, alpha = product"),
+    Member("mask", "png", "L", "inpainting mask: 255 where the background is generated"),
+    Member("canny", "png", "L", "Canny edges of the placed product (ControlNet condition)"),
+    Member("depth", "png", "L", "depth map, 255 = near"),
+    Member("saliency", "png", "L", "saliency map, 255 = most salient"),
+)
+RECIPE_MEMBER = "recipe.json"
+
+
+@dataclass(frozen=True)
+class Field:
+    """A recipe field: stored in every sample's recipe.json and as a sidecar column."""
+
+    name: str
+    arrow: pa.DataType
+    description: str
+
+
+RECIPE = (
+    Field("key", pa.string(), "sample key, unique across RF1M: <batch>-<product>-<prompt>-s<seed>"),
+    Field("batch_id", pa.string(), "generation batch; one Label Studio project per batch"),
+    Field("product_id", pa.string(), "product in the products table"),
+    Field("title", pa.string(), "product title (caption input of RFNet)"),
+    Field("category", pa.string(), "product category"),
+    Field("prompt_id", pa.string(), "prompt preset id"),
+    Field("prompt", pa.string(), "positive prompt"),
+    Field("negative_prompt", pa.string(), "negative prompt"),
+    Field("seed", pa.int64(), "diffusion noise seed"),
+    Field("scale", pa.float64(), "longest product side / canvas side"),
+    Field("offset_x", pa.int64(), "product centre shift from the canvas centre, px"),
+    Field("offset_y", pa.int64(), "product centre shift from the canvas centre, px"),
+    Field("size", pa.int64(), "canvas side, px"),
+    Field("base_model", pa.string(), "base SD model id or local path"),
+    Field("controlnet_model", pa.string(), "ControlNet model id or local path"),
+    Field("model_revision", pa.string(), "hub revision, or sha256 of a local model folder"),
+    Field("scheduler", pa.string(), "scheduler class"),
+    Field("steps", pa.int64(), "denoising steps"),
+    Field("guidance", pa.float64(), "classifier-free guidance scale"),
+    Field("depth_method", pa.string(), "how depth.png was made"),
+    Field("saliency_method", pa.string(), "how saliency.png was made"),
+    Field("created_at", pa.string(), "ISO-8601 UTC time the sample was generated"),
+)
+RECIPE_NAMES = tuple(f.name for f in RECIPE)
+
+
+def wds_member_names() -> tuple[str, ...]:
+    return (*(m.wds_name for m in MEMBERS), RECIPE_MEMBER)
+
+
+def sidecar_schema() -> pa.Schema:
+    """Arrow schema of a shard's Parquet sidecar: the recipe plus where each member lies in the tar."""
+    cols = [pa.field(f.name, f.arrow, nullable=False) for f in RECIPE]
+    cols.append(pa.field("shard", pa.string(), nullable=False))
+    for name in (*(m.name for m in MEMBERS), "recipe"):
+        cols.append(pa.field(f"{name}_offset", pa.int64(), nullable=False))
+        cols.append(pa.field(f"{name}_size", pa.int64(), nullable=False))
+    return pa.schema(cols)
+
+
+def hf_features():
+    """`datasets.Features` of a sample as the `webdataset` builder yields it (columns = member names)."""
+    from datasets import Features, Image, Value
+
+    arrow_to_hf = {pa.string(): "string", pa.int64(): "int64", pa.float64(): "float64"}
+    recipe = {f.name: Value(arrow_to_hf[f.arrow]) for f in RECIPE}
+    return Features({**{m.wds_name: Image() for m in MEMBERS}, RECIPE_MEMBER: recipe})

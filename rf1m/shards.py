@@ -1,0 +1,148 @@
+"""WebDataset shards that are complete or invisible, with a Parquet sidecar for random access.
+
+Layout of a batch folder (written by the generate stage, read by everything after it):
+
+    <batch>/shard-000003-00.tar       the samples (plain WebDataset: `<key>.<member>` entries)
+    <batch>/shard-000003-00.parquet   sidecar: recipe columns + byte offset/size of every member
+    <batch>/shard-000003.stats.json   written last: the job is complete (fingerprint, parts, counts)
+
+A job (one planned group of samples) may spill into several parts when `maxsize` is reached. Every
+file is written under a `.tmp` name and renamed when whole, so a reader never sees half a tar and a
+killed run leaves only `.tmp` files, which the next run deletes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rf1m import schema
+
+TMP = ".tmp"
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + TMP)
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False))
+    _replace(tmp, path)
+
+
+class ShardWriter:
+    """Writes one job's samples into `<stem>-NN.tar` parts (rolling over at maxcount / maxsize)."""
+
+    def __init__(self, directory: Path, stem: str, maxcount: int = 10_000, maxsize: int = 1 << 40):
+        self.dir, self.stem = Path(directory), stem
+        self.maxcount, self.maxsize = maxcount, maxsize
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.parts: list[dict] = []
+        self._tar = None
+
+    def _open(self) -> None:
+        name = f"{self.stem}-{len(self.parts):02d}"
+        self._path = self.dir / f"{name}.tar"
+        self._tmp = self._path.with_name(self._path.name + TMP)
+        self._file = open(self._tmp, "wb")
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self._rows: list[dict] = []
+
+    def write(self, key: str, members: dict[str, bytes], recipe: dict) -> None:
+        """Write one sample; `members` maps a member name (`image.png`) to its encoded bytes."""
+        if "." in key:
+            raise ValueError(f"sample key {key!r} contains a dot, which WebDataset splits on")
+        if self._tar is not None and (
+            len(self._rows) >= self.maxcount or self._file.tell() >= self.maxsize
+        ):
+            self._close_part()
+        if self._tar is None:
+            self._open()
+        row = {f.name: recipe[f.name] for f in schema.RECIPE}
+        row["shard"] = self._path.name
+        entries = dict(members)
+        entries[schema.RECIPE_MEMBER] = json.dumps(recipe, sort_keys=True, ensure_ascii=False).encode()
+        for member, data in entries.items():
+            info = tarfile.TarInfo(f"{key}.{member}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o444
+            self._tar.addfile(info, io.BytesIO(data))
+            stem = member.split(".", 1)[0]
+            row[f"{stem}_offset"], row[f"{stem}_size"] = info.offset_data, len(data)
+        self._rows.append(row)
+
+    def _close_part(self) -> None:
+        self._tar.close()
+        self._file.close()
+        sidecar = self._path.with_suffix(".parquet")
+        sidecar_tmp = sidecar.with_name(sidecar.name + TMP)
+        pq.write_table(pa.Table.from_pylist(self._rows, schema=schema.sidecar_schema()), sidecar_tmp)
+        _replace(self._tmp, self._path)
+        _replace(sidecar_tmp, sidecar)
+        self.parts.append({"tar": self._path.name, "count": len(self._rows),
+                           "bytes": self._path.stat().st_size})
+        self._tar = None
+
+    def close(self) -> list[dict]:
+        if self._tar is not None:
+            self._close_part()
+        return self.parts
+
+
+def job_stats_path(directory: Path, stem: str) -> Path:
+    return Path(directory) / f"{stem}.stats.json"
+
+
+def finish_job(directory: Path, stem: str, fingerprint: str, parts: list[dict], **extra) -> dict:
+    """Mark a job complete: the stats file is the last thing written."""
+    stats = {"fingerprint": fingerprint, "parts": parts, "count": sum(p["count"] for p in parts),
+             "bytes": sum(p["bytes"] for p in parts), "finished_at": time.time(), **extra}
+    write_json_atomic(job_stats_path(directory, stem), stats)
+    return stats
+
+
+def completed_job(directory: Path, stem: str, fingerprint: str) -> dict | None:
+    """The job's stats if it finished with this fingerprint and all its parts are present."""
+    path = job_stats_path(directory, stem)
+    try:
+        stats = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if stats.get("fingerprint") != fingerprint:
+        return None
+    for p in stats["parts"]:
+        if not (Path(directory) / p["tar"]).exists():
+            return None
+    return stats
+
+
+def remove_job(directory: Path, stem: str) -> None:
+    """Delete every trace of a job (complete parts, temporaries, stats) before it is redone."""
+    for f in Path(directory).glob(f"{stem}*"):
+        if f.name.startswith(f"{stem}-") or f.name.startswith(f"{stem}."):
+            f.unlink()
+
+
+def read_sidecars(directory: Path) -> pa.Table:
+    files = sorted(Path(directory).glob("*.parquet"))
+    if not files:
+        return schema.sidecar_schema().empty_table()
+    return pa.concat_tables(pq.read_table(f) for f in files)
+
+
+def read_member(shard: Path, offset: int, size: int) -> bytes:
+    """Random access to one member, using offsets from the sidecar."""
+    fd = os.open(shard, os.O_RDONLY)
+    try:
+        return os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
