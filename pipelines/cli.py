@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+import duckdb
+
 from pipelines import params
 
 
@@ -119,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = args.fn(args)
-    except Exception as e:  # what a user can fix: one line and exit 2; anything else is a bug
-        if not isinstance(e, (ValueError, OSError, KeyError)) and not type(e).__module__.startswith("duckdb"):
-            raise
+    except (ValueError, OSError, KeyError, duckdb.Error) as e:  # what a user can fix; anything else is a bug
         print(f"rf1m: error: {e}".splitlines()[0], file=sys.stderr)
         return 2
     if result is not None:

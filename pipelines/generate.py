@@ -66,6 +66,7 @@ class GenerateConfig:
     batch_size: int = 4
     maxcount: int = 50  # samples per shard
     maxsize: int = 1 << 30  # bytes per tar part
+    durable: bool = False  # fsync every tar before its rename (power-cut safe; kill-safe either way)
     engine: str = "local"
     workers: int = 1
     threads: int = 1  # torch threads per worker
@@ -132,7 +133,7 @@ def run_job(job: dict, progress=None) -> dict:
     prompts = {p.id: p for p in cfg.prompts}
     directory, stem = Path(job["dir"]), job["stem"]
     shards.remove_job(directory, stem)
-    writer = shards.ShardWriter(directory, stem, cfg.maxcount, cfg.maxsize)
+    writer = shards.ShardWriter(directory, stem, cfg.maxcount, cfg.maxsize, cfg.durable)
     rejected: list[Record] = []
     product_px: dict[str, np.ndarray] = {}
     specs = job["specs"]
@@ -201,7 +202,7 @@ def run(cfg: GenerateConfig) -> dict:
     directory.mkdir(parents=True, exist_ok=True)
     specs = plan(cfg, products)
     recipe_cfg = {k: v for k, v in asdict(cfg).items()
-                  if k not in ("batch_size", "engine", "workers", "threads", "device", "products", "out")}
+                  if k not in ("batch_size", "engine", "workers", "threads", "device", "products", "out", "durable")}
     jobs, todo = [], []
     for j in range(0, len(specs), cfg.maxcount):
         chunk = specs[j: j + cfg.maxcount]

@@ -113,8 +113,13 @@ def build_tokenizer(out_dir: Path):
 def build_tiny(out: Path, seed: int = 0, size: int = 128) -> Path:
     """Build, save (diffusers format) and return the tiny SD-geometry ControlNet inpainting pipeline."""
     import torch
-    from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler,
-                           StableDiffusionControlNetInpaintPipeline, UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        ControlNetModel,
+        DDIMScheduler,
+        StableDiffusionControlNetInpaintPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     out = Path(out)

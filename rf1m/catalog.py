@@ -60,7 +60,7 @@ class Catalog:
 
     def query(self, sql: str):
         """Run SQL against the views; returns a pyarrow Table."""
-        return self.con.execute(sql).fetch_arrow_table()
+        return self.con.sql(sql).to_arrow_table()
 
     def summary(self) -> dict:
         """Headline counts (the catalog stage's DVC metrics)."""

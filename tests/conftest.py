@@ -1,0 +1,42 @@
+"""Shared fixtures: one tiny model and one tiny batch per test session (64 px, 2 steps, 1 thread)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from pipelines.models import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("models") / "tiny", seed=0, size=64)
+
+
+def small_config(tmp: Path, model: Path, **kw):
+    from pipelines.conditions import LayoutConfig
+    from pipelines.generate import GenerateConfig, Prompt
+
+    base = dict(batch_id="t", products=str(tmp / "products"), out=str(tmp / "shards"), base_model=str(model),
+                steps=2, seeds=2, batch_size=2, maxcount=2, layout=LayoutConfig(size=64),
+                prompts=(Prompt("kitchen", "a product on a marble table"),))
+    base.update(kw)
+    return GenerateConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def small_batch(tmp_path_factory, tiny_model):
+    """3 synthetic products x 1 prompt x 2 seeds = 6 samples in 3 shards."""
+    from pipelines import generate, products
+
+    tmp = tmp_path_factory.mktemp("batch")
+    products.run(products.ProductsConfig(count=3, size=96, out=str(tmp / "products")))
+    cfg = small_config(tmp, tiny_model)
+    summary = generate.run(cfg)
+    return tmp, cfg, summary

@@ -1,0 +1,90 @@
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from pipelines.products import ProductsConfig, run, synthetic_products
+
+
+def rgba_product(path: Path, size=64):
+    a = np.zeros((size, size, 4), np.uint8)
+    a[10:50, 20:40] = (200, 50, 50, 255)
+    Image.fromarray(a, "RGBA").save(path)
+
+
+def png_with_header_size(path: Path, w: int, h: int):
+    """A valid tiny PNG whose IHDR claims w x h: a decompression bomb's calling card."""
+    Image.new("L", (1, 1)).save(path)
+    raw = bytearray(path.read_bytes())
+    raw[16:24] = struct.pack(">II", w, h)
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
+    path.write_bytes(bytes(raw))
+
+
+def quarantine(out: Path) -> dict:
+    rows = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
+    return {r["item"]: r["reason"] for r in rows}
+
+
+def test_every_bad_file_is_quarantined_and_the_rest_goes_on(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    rgba_product(src / "good.png")
+    rgba_product(src / "עברית 🍾 crème.png")  # RTL, emoji, accents: a fine name
+    (src / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(src / "transparent.png")
+    rgba_product(src / "tiny.png", size=16)
+    png_with_header_size(src / "bomb.png", 50_000, 50_000)
+    os.symlink(src / "missing.png", src / "dangling.png")
+    rgba_product(src / "x.png")
+    bad = os.fsencode(src) + b"/bad\xffname.png"
+    with open(bad, "wb") as f:
+        f.write((src / "good.png").read_bytes())
+    busy = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(busy).save(src / "busy.jpg")
+    plain = np.full((64, 64, 3), 250, np.uint8)
+    plain[16:48, 24:40] = (20, 60, 160)
+    Image.fromarray(plain).save(src / "plain.jpg", quality=95)
+
+    out = tmp_path / "out"
+    summary = run(ProductsConfig(source=str(src), out=str(out), min_side=32))
+    q = quarantine(out)
+    assert q == {"corrupt.png": "corrupt", "transparent.png": "fully_transparent", "tiny.png": "tiny",
+                 "bomb.png": "huge", "dangling.png": "unreadable", "bad\\udcffname.png": "bad_filename",
+                 "busy.jpg": "background_not_plain"}
+    table = pq.read_table(out / "products.parquet").to_pylist()
+    assert summary == {"products": 4, "quarantined": 7}
+    assert {r["source"] for r in table} == {"good.png", "x.png", "plain.jpg", "עברית 🍾 crème.png"}
+    by_src = {r["source"]: r for r in table}
+    alpha = np.asarray(Image.open(out / by_src["plain.jpg"]["image"]))[..., 3]
+    assert alpha[32, 32] == 255 and alpha[2, 2] == 0  # background removed by the plain-border rule
+    assert abs(int((alpha > 0).sum()) - 32 * 16) < 40
+
+
+def test_metadata_titles_and_rerun_is_stable(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    rgba_product(src / "a.png")
+    (tmp_path / "meta.csv").write_text("file,title,category\na.png,Glass jar,grocery\n")
+    cfg = ProductsConfig(source=str(src), metadata=str(tmp_path / "meta.csv"), out=str(tmp_path / "o"))
+    run(cfg)
+    first = (tmp_path / "o" / "products.parquet").read_bytes()
+    run(cfg)
+    rows = pq.read_table(tmp_path / "o" / "products.parquet").to_pylist()
+    assert rows[0]["title"] == "Glass jar" and rows[0]["category"] == "grocery"
+    assert (tmp_path / "o" / "products.parquet").read_bytes() == first
+
+
+def test_synthetic_catalog_is_deterministic_by_seed():
+    a = list(synthetic_products(ProductsConfig(count=5, seed=1, size=64)))
+    b = list(synthetic_products(ProductsConfig(count=5, seed=1, size=64)))
+    c = list(synthetic_products(ProductsConfig(count=5, seed=2, size=64)))
+    assert [x[:3] for x in a] == [x[:3] for x in b]
+    assert all(np.array_equal(x[3], y[3]) for x, y in zip(a, b))
+    assert any(not np.array_equal(x[3], y[3]) for x, y in zip(a, c))
+    assert all(x[3][..., 3].any() for x in a)
