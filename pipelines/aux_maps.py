@@ -3,6 +3,8 @@
 Methods (params.yaml `generate.aux`):
   saliency  spectral_residual   Hou & Zhang 2007, the log-spectrum's residual (offline default)
             frequency_tuned     Achanta et al. 2009, distance to the mean Lab colour (offline)
+            u2net:<file.onnx>   a U2-Net saliency model in ONNX through onnxruntime (e.g. the u2net.onnx
+                                that rembg distributes; download it yourself, nothing is fetched here)
   depth     layout_prior        NOT a measurement: a ground-plane prior (far at the top, near at the
                                 bottom) with the product standing on the plane at its base row.
                                 It is honest about what it knows: where the product is.
@@ -36,10 +38,10 @@ def _to_u8(x: np.ndarray) -> np.ndarray:
 def spectral_residual(rgb: np.ndarray, work: int = 64) -> np.ndarray:
     gray = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (work, work), interpolation=cv2.INTER_AREA)
     spectrum = np.fft.fft2(gray.astype(np.float64))
-    log_amp = np.log(np.abs(spectrum) + 1e-8)
+    log_amp = np.log1p(np.abs(spectrum))  # log(|F|+1): exact spectral zeros must not become spikes
     residual = log_amp - cv2.blur(log_amp, (3, 3))
     sal = np.abs(np.fft.ifft2(np.exp(residual + 1j * np.angle(spectrum)))) ** 2
-    sal = cv2.GaussianBlur(sal, (0, 0), 2.5)
+    sal = cv2.GaussianBlur(sal, (0, 0), 3.0)
     h, w = rgb.shape[:2]
     return _to_u8(cv2.resize(sal, (w, h), interpolation=cv2.INTER_LINEAR))
 
@@ -64,11 +66,16 @@ class AuxMaps:
     """Computes (depth, saliency) for a batch; loads a DPT model once when one is named."""
 
     def __init__(self, cfg: AuxConfig, device: str = "cpu"):
-        if cfg.saliency not in ("spectral_residual", "frequency_tuned"):
-            raise ValueError(f"unknown saliency method {cfg.saliency!r} (spectral_residual, frequency_tuned)")
+        if cfg.saliency not in ("spectral_residual", "frequency_tuned") and not cfg.saliency.startswith("u2net:"):
+            raise ValueError(f"unknown saliency method {cfg.saliency!r} "
+                             "(spectral_residual, frequency_tuned, u2net:<file.onnx>)")
         if cfg.depth != "layout_prior" and not cfg.depth.startswith("dpt:"):
             raise ValueError(f"unknown depth method {cfg.depth!r} (layout_prior, dpt:<model>)")
-        self.cfg, self.device, self._dpt = cfg, device, None
+        self.cfg, self.device, self._dpt, self._u2net = cfg, device, None, None
+        if cfg.saliency.startswith("u2net:"):
+            import onnxruntime
+
+            self._u2net = onnxruntime.InferenceSession(cfg.saliency[6:], providers=["CPUExecutionProvider"])
         if cfg.depth.startswith("dpt:"):
             from pathlib import Path
 
@@ -91,9 +98,22 @@ class AuxMaps:
         pred = F.interpolate(pred[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
         return [_to_u8(p.cpu().numpy()) for p in pred]
 
+    def _u2net_saliency(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """U2-Net's own preprocessing: 320 px, scaled by the max, ImageNet mean/std; output d1."""
+        x = np.stack([cv2.resize(im, (320, 320), interpolation=cv2.INTER_AREA) for im in images]).astype(np.float32)
+        x = x / np.maximum(x.reshape(len(images), -1).max(axis=1), 1e-6)[:, None, None, None]
+        x = (x - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+        feed = {self._u2net.get_inputs()[0].name: x.transpose(0, 3, 1, 2).astype(np.float32)}
+        d1 = self._u2net.run(None, feed)[0][:, 0]
+        h, w = images[0].shape[:2]
+        return [_to_u8(cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)) for m in d1]
+
     def __call__(self, images: list[np.ndarray], products: list[np.ndarray]):
-        sal_fn = spectral_residual if self.cfg.saliency == "spectral_residual" else frequency_tuned
-        saliency = [sal_fn(im) for im in images]
+        if self._u2net is not None:
+            saliency = self._u2net_saliency(images)
+        else:
+            sal_fn = spectral_residual if self.cfg.saliency == "spectral_residual" else frequency_tuned
+            saliency = [sal_fn(im) for im in images]
         if self._dpt is not None:
             depth = self._dpt_depth(images)
         else:
