@@ -1,5 +1,6 @@
 # Two commands a newcomer needs: `make demo` and `make test`. Both install what they use.
 VENV ?= .venv
+LS_VENV ?= .venv-ls
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
@@ -7,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 
 .PHONY: install demo test lint clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(LS_VENV)/bin/label-studio
 
 # torch first, pinned: it is the CPU build on these machines, and the project's torch range is
 # then already satisfied, so no CUDA build is ever pulled in.
@@ -18,7 +19,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# Label Studio pins Django, pyarrow<25 and its SDK exactly: it gets a venv of its own.
+$(LS_VENV)/bin/label-studio: $(VENV)/.installed
+	rf1m labelstudio install
+
 demo: install
+	rf1m labelstudio up
 	dvc repro
 	rf1m catalog query "SELECT prompt_id, count(*) AS samples, count(DISTINCT product_id) AS products FROM samples GROUP BY ALL ORDER BY ALL"
 

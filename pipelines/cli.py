@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from pathlib import Path
 
 import duckdb
 
 from pipelines import params
+from rf1m.shards import write_json_atomic
 
 
 def _products(a):
@@ -62,18 +64,105 @@ def _catalog_snapshot(a):
     from rf1m.catalog import Catalog
 
     cat = Catalog(a.data)
-    summary = cat.summary()
-    if a.summary:
-        from rf1m.shards import write_json_atomic
+    cat.snapshot(a.out)
+    return cat.summary()
 
-        write_json_atomic(Path(a.summary), summary)
-    return {"snapshot": str(cat.snapshot(a.out)), **summary}
+
+def _ls_config(a):
+    import os
+
+    from annotation.server import ServerConfig, load_dotenv
+
+    load_dotenv()
+    over = {"url": os.environ["LABEL_STUDIO_URL"]} if os.environ.get("LABEL_STUDIO_URL") else {}
+    return params.load("labelstudio", ServerConfig, a.params, over)
+
+
+def _labelstudio(a):
+    from annotation import server
+
+    cfg = _ls_config(a)
+    if a.action == "install":
+        return {"label_studio": str(server.install(cfg))}
+    return getattr(server, a.action)(cfg)
+
+
+def _client(a):
+    from annotation.client import Client
+    from annotation.server import credentials
+
+    credentials()
+    return Client(_ls_config(a).url)
+
+
+def _annotate_push(a):
+    from annotation import push
+
+    over = {k: v for k, v in {"batch_id": a.batch_id, "predictions": a.predictions}.items() if v}
+    return push.run(params.load("annotate_push", push.PushConfig, a.params, over), _client(a))
+
+
+def _annotate_gold(a):
+    from annotation import panel
+
+    over = {"batch_id": a.batch_id} if a.batch_id else {}
+    return panel.write_gold(params.load("panel", panel.PanelConfig, a.params, over))
+
+
+def _annotate_simulate(a):
+    from annotation import panel, push
+
+    over = {"batch_id": a.batch_id} if a.batch_id else {}
+    cfg = params.load("panel", panel.PanelConfig, a.params, over)
+    client = _client(a)
+    project = push.find_project(client, cfg.batch_id)
+    if project is None:
+        raise ValueError(f"no Label Studio project for batch {cfg.batch_id!r}: push it first")
+    result = panel.run(cfg, project["id"], client)
+    del result["posted"]  # every annotation is in Label Studio; pull reads them from there
+    return result
+
+
+def _annotate_pull(a):
+    from annotation import pull
+
+    over = {"batch_id": a.batch_id} if a.batch_id else {}
+    return pull.run(params.load("annotate_pull", pull.PullConfig, a.params, over), _client(a))
+
+
+def _annotate_consensus(a):
+    from annotation import consensus
+
+    over = {"batch_id": a.batch_id} if a.batch_id else {}
+    return consensus.run(params.load("consensus", consensus.ConsensusConfig, a.params, over))
+
+
+def _annotate_ml_backend(a):
+    from annotation import ml_backend, push
+
+    predictor = ml_backend.make_predictor(a.predictor)
+    server = ml_backend.serve(predictor, a.host, a.port, background=bool(a.connect))
+    url = f"http://{a.host}:{a.port}"
+    if a.connect:
+        client = _client(a)
+        project = push.find_project(client, a.connect)
+        if project is None:
+            raise ValueError(f"no Label Studio project for batch {a.connect!r}")
+        ml_backend.connect(client, project["id"], url)
+        print(f"connected to project {project['id']} ({push.project_title(a.connect)})", file=sys.stderr)
+    print(f"ML backend ({predictor.model_version}) on {url}; Ctrl+C stops it", file=sys.stderr)
+    try:
+        server.serve_forever() if not a.connect else threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rf1m", description="RF1M: generate, label, release and learn from "
                                 "advertising images judged by people.")
     p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    p.add_argument("--summary", metavar="FILE", help="also write the command's JSON result to FILE (DVC metrics)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("products", help="read a product folder or make the synthetic catalog",
@@ -112,8 +201,38 @@ def build_parser() -> argparse.ArgumentParser:
     sn = csub.add_parser("snapshot", help="materialise the views into a .duckdb file for read-only readers")
     sn.add_argument("--data", default="data")
     sn.add_argument("--out", default="data/catalog.duckdb")
-    sn.add_argument("--summary", help="also write counts as a JSON metrics file")
     sn.set_defaults(fn=_catalog_snapshot)
+
+    ls = sub.add_parser("labelstudio", help="run the Label Studio server (own venv, loopback only)",
+                        description="install: create its venv (.venv-ls); up: install if needed, start it on "
+                        "127.0.0.1 and wait for /health; down: stop it; status: is it answering. Credentials "
+                        "come from LABEL_STUDIO_USERNAME / LABEL_STUDIO_PASSWORD / LABEL_STUDIO_API_KEY (or .env; "
+                        "made up and saved to .env when unset).")
+    ls.add_argument("action", choices=["install", "up", "down", "status"])
+    ls.set_defaults(fn=_labelstudio)
+
+    an = sub.add_parser("annotate", help="push batches to Label Studio, pull labels, consensus").add_subparsers(
+        dest="what", required=True, metavar="STEP")
+    for name, fn, text in (
+        ("push", _annotate_push, "create the batch's project and import its tasks (idempotent by key)"),
+        ("gold", _annotate_gold, "write the simulated answer key (gold.parquet) from the panel's rules"),
+        ("simulate", _annotate_simulate, "let the simulated annotator panel label the batch (demo/CI only)"),
+        ("pull", _annotate_pull, "export new or changed annotations into labels.parquet (incremental)"),
+        ("consensus", _annotate_consensus, "majority + Dawid-Skene labels, kappa, alpha, gold accuracy"),
+    ):
+        sp = an.add_parser(name, help=text, description=text)
+        sp.add_argument("--batch-id", help="batch id (overrides params)")
+        if name == "push":
+            sp.add_argument("--predictions", help="RFNet predictions Parquet to attach as pre-labels")
+        sp.set_defaults(fn=fn)
+    ml = an.add_parser("ml-backend", help="serve pre-labels to Label Studio (ML-backend protocol)",
+                       description="Serve predictions over Label Studio's ML-backend protocol "
+                       "(/health, /setup, /predict, /webhook).")
+    ml.add_argument("--predictor", default="null", help="null, or predictions:<file.parquet>")
+    ml.add_argument("--host", default="127.0.0.1")
+    ml.add_argument("--port", type=int, default=9090)
+    ml.add_argument("--connect", metavar="BATCH_ID", help="also attach it to this batch's project")
+    ml.set_defaults(fn=_annotate_ml_backend)
     return p
 
 
@@ -121,11 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = args.fn(args)
-    except (ValueError, OSError, KeyError, duckdb.Error) as e:  # what a user can fix; anything else is a bug
+    except (ValueError, OSError, KeyError, RuntimeError, duckdb.Error) as e:  # a user can fix; else a bug
         print(f"rf1m: error: {e}".splitlines()[0], file=sys.stderr)
         return 2
     if result is not None:
         print(json.dumps(result, indent=1, ensure_ascii=False, default=str))
+        if args.summary:
+            write_json_atomic(Path(args.summary), result)
     return 0
 
 

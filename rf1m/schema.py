@@ -109,6 +109,31 @@ RECIPE = (
 RECIPE_NAMES = tuple(f.name for f in RECIPE)
 
 
+# One row per human (or simulated) judgement, as pulled from Label Studio.
+LABEL_ROWS = (
+    Field("annotation_id", pa.int64(), "Label Studio annotation id (unique; pulls upsert on it)"),
+    Field("task_id", pa.int64(), "Label Studio task id"),
+    Field("project_id", pa.int64(), "Label Studio project (one per batch)"),
+    Field("key", pa.string(), "sample key"),
+    Field("batch_id", pa.string(), "generation batch"),
+    Field("gold", pa.bool_(), "the task is a gold task with a known answer"),
+    Field("annotator", pa.string(), "annotator's e-mail in Label Studio"),
+    Field("source", pa.string(), "human, or simulated (the demo/CI panel)"),
+    Field("verdict", pa.string(), "available or not_available"),
+    Field("reasons", pa.list_(pa.string()), "failure reasons (taxonomy names)"),
+    Field("regions", pa.string(), "JSON list of defect rectangles (percent of the image)"),
+    Field("lead_time", pa.float64(), "seconds the annotator spent"),
+    Field("prediction_accepted", pa.bool_(), "a pre-label was shown and submitted unchanged"),
+    Field("created_at", pa.timestamp("us", tz="UTC"), "annotation created"),
+    Field("updated_at", pa.timestamp("us", tz="UTC"), "annotation last changed"),
+)
+VERDICTS = ("available", "not_available")
+
+
+def labels_schema() -> pa.Schema:
+    return pa.schema([pa.field(f.name, f.arrow) for f in LABEL_ROWS])
+
+
 def wds_member_names() -> tuple[str, ...]:
     return (*(m.wds_name for m in MEMBERS), RECIPE_MEMBER)
 

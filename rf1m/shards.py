@@ -38,8 +38,9 @@ def _replace(tmp: Path, final: Path, durable: bool = True) -> None:
 
 
 def write_json_atomic(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + TMP)
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False))
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False, default=str))
     _replace(tmp, path)
 
 

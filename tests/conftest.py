@@ -40,3 +40,33 @@ def small_batch(tmp_path_factory, tiny_model):
     cfg = small_config(tmp, tiny_model)
     summary = generate.run(cfg)
     return tmp, cfg, summary
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """A real Label Studio (the project's .venv-ls), started once per test session on a free port.
+
+    Its files root is the session's temporary folder, where the test batches and their media live."""
+    from annotation import server
+    from annotation.client import Client
+
+    repo = Path(__file__).resolve().parents[1]
+    for k, v in {"LABEL_STUDIO_USERNAME": "admin@rf1m.test", "LABEL_STUDIO_PASSWORD": "test-pass-123456",
+                 "LABEL_STUDIO_API_KEY": "0123456789abcdef0123456789abcdef01234567"}.items():
+        os.environ[k] = v
+    cfg = server.ServerConfig(url=f"http://127.0.0.1:{free_port()}", venv=str(repo / ".venv-ls"),
+                              data_dir=str(tmp_path_factory.mktemp("ls")),
+                              files_root=str(tmp_path_factory.getbasetemp()))
+    server.up(cfg)
+    try:
+        yield cfg, Client(cfg.url, retries=2, backoff=0.2)
+    finally:
+        server.down(cfg)

@@ -1,0 +1,155 @@
+"""Push a batch to Label Studio: one project per batch, one task per sample, gold tasks mixed in.
+
+Idempotent by key: the project is found by its title (`RF1M batch <id>`), the keys already in it are
+listed first, and only missing tasks are imported, in chunks. If an import chunk fails without an
+answer, the keys are listed again before retrying, so a lost response never doubles a task.
+
+Images are served by Label Studio's local-files storage from `<data>/media/<batch>/`; push extracts
+them from the shards by the sidecar offsets (no tar is unpacked). For scale, point the project at
+cloud storage instead (S3/GCS import storage with the same relative paths).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from annotation.client import Client, LabelStudioUnavailable
+from annotation.config import choice_result, instructions, labeling_config
+from rf1m import schema, shards
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    batch_id: str = "demo"
+    shards: str = "data/shards"
+    labels: str = "data/labels"  # gold answers are read from <labels>/<batch>/gold.parquet
+    media: str = "data/media"  # must lie under Label Studio's files root
+    files_root: str = "data"
+    predictions: str | None = None  # Parquet: key, model_version, p_<label> (RFNet's prelabel output)
+    gold_rate: float = 0.05  # gold tasks per sample
+    overlap_fraction: float = 0.3  # share of tasks that get >= 2 annotators
+    overlap: int = 2
+    chunk: int = 500
+    seed: int = 0
+
+
+def project_title(batch_id: str) -> str:
+    return f"RF1M batch {batch_id}"
+
+
+def find_project(client: Client, batch_id: str) -> dict | None:
+    for p in client.pages("/api/projects", "results"):
+        if p["title"] == project_title(batch_id):
+            return p
+    return None
+
+
+def ensure_project(client: Client, cfg: PushConfig) -> dict:
+    project = find_project(client, cfg.batch_id)
+    if project is None:
+        project = client.post("/api/projects", {
+            "title": project_title(cfg.batch_id), "label_config": labeling_config(),
+            "description": f"RF1M generation batch {cfg.batch_id}: is each candidate advert usable?",
+            "expert_instruction": instructions(), "show_instruction": True,
+            "maximum_annotations": cfg.overlap, "overlap_cohort_percentage": round(100 * cfg.overlap_fraction),
+            "show_skip_button": False, "enable_empty_annotation": False,
+        })
+    media = (Path(cfg.media) / cfg.batch_id).resolve()
+    media.mkdir(parents=True, exist_ok=True)
+    storages = client.get("/api/storages/localfiles", project=project["id"])
+    if not any(Path(s["path"]) == media for s in storages):
+        client.post("/api/storages/localfiles", {"project": project["id"], "path": str(media),
+                                                   "title": f"{cfg.batch_id} media", "use_blob_urls": False})
+    return project
+
+
+def existing_keys(client: Client, project_id: int) -> set[str]:
+    return {t["data"]["task_key"] for t in client.pages("/api/tasks", "tasks", project=project_id,
+                                                          fields="task_only") if "task_key" in t["data"]}
+
+
+def read_predictions(path: str | None) -> dict[str, dict]:
+    """key -> {model_version, score, verdict, reasons} from RFNet's predictions Parquet."""
+    if not path or not Path(path).exists():
+        return {}
+    out = {}
+    for row in pq.read_table(path).to_pylist():
+        p_avail = row["p_available"]
+        reasons = [r for r in schema.REASON_NAMES if (row.get(f"p_{r}") or 0.0) >= 0.5]
+        out[row["key"]] = {"model_version": row["model_version"], "score": float(p_avail),
+                           "verdict": "available" if p_avail >= 0.5 else "not_available", "reasons": reasons}
+    return out
+
+
+def _extract(row: dict, batch_dir: Path, media: Path, files_root: Path, member: str) -> str:
+    target = media / f"{row['key']}.{member}.png"
+    if not target.exists():
+        data = shards.read_member(batch_dir / row["shard"], row[f"{member}_offset"], row[f"{member}_size"])
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+    return "/data/local-files/?d=" + str(target.resolve().relative_to(files_root.resolve()))
+
+
+def build_tasks(cfg: PushConfig) -> list[dict]:
+    """Every task of the batch (samples, then gold copies), deterministic by seed."""
+    batch_dir = Path(cfg.shards) / cfg.batch_id
+    rows = sorted(shards.read_sidecars(batch_dir).to_pylist(), key=lambda r: r["key"])
+    if not rows:
+        raise ValueError(f"no samples in {batch_dir}: run the generate stage first")
+    media, root = Path(cfg.media) / cfg.batch_id, Path(cfg.files_root)
+    media.mkdir(parents=True, exist_ok=True)
+    preds = read_predictions(cfg.predictions)
+    gold_file = Path(cfg.labels) / cfg.batch_id / "gold.parquet"
+    gold = {g["key"]: g for g in pq.read_table(gold_file).to_pylist()} if gold_file.exists() else {}
+    tasks = []
+    for row in tqdm(rows, desc="tasks", unit="task", leave=False):
+        data = {"task_key": row["key"], "key": row["key"], "batch_id": cfg.batch_id, "gold": False,
+                "image": _extract(row, batch_dir, media, root, "image"),
+                "product": _extract(row, batch_dir, media, root, "product"),
+                "title": row["title"], "prompt": row["prompt"]}
+        task = {"data": data}
+        if row["key"] in preds:
+            p = preds[row["key"]]
+            data["prelabel"] = {"verdict": p["verdict"], "reasons": p["reasons"]}
+            task["predictions"] = [{"model_version": p["model_version"], "score": p["score"],
+                                    "result": choice_result(p["verdict"], p["reasons"])}]
+        tasks.append(task)
+    n_gold = min(len(gold), round(cfg.gold_rate * len(rows)))
+    for key in random.Random(cfg.seed).sample(sorted(gold), n_gold):
+        base = next(t for t in tasks if t["data"]["key"] == key)["data"]
+        tasks.append({"data": {**base, "task_key": f"gold-{key}", "gold": True}})
+    return tasks
+
+
+def run(cfg: PushConfig, client: Client | None = None) -> dict:
+    client = client or Client()
+    tasks = build_tasks(cfg)
+    project = ensure_project(client, cfg)
+    have = existing_keys(client, project["id"])
+    todo = [t for t in tasks if t["data"]["task_key"] not in have]
+    with tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=f"push {cfg.batch_id}", unit="task") as bar:
+        for i in range(0, len(todo), cfg.chunk):
+            chunk = todo[i: i + cfg.chunk]
+            for attempt in range(3):
+                try:
+                    client.post(f"/api/projects/{project['id']}/import", chunk)
+                    break
+                except LabelStudioUnavailable:
+                    if attempt == 2:
+                        raise
+                    # the import may have landed before the connection broke: import only what is missing
+                    have = existing_keys(client, project["id"])
+                    chunk = [t for t in chunk if t["data"]["task_key"] not in have]
+                    if not chunk:
+                        break
+            bar.update(len(todo[i: i + cfg.chunk]))
+    n_gold = sum(t["data"]["gold"] for t in tasks)
+    return {"project_id": project["id"], "url": f"{client.url}/projects/{project['id']}/data",
+            "tasks": len(tasks), "samples": len(tasks) - n_gold, "gold": n_gold, "imported_now": len(todo),
+            "with_predictions": sum("predictions" in t for t in tasks)}
