@@ -127,29 +127,35 @@ def build_tasks(cfg: PushConfig) -> list[dict]:
     return tasks
 
 
-def run(cfg: PushConfig, client: Client | None = None) -> dict:
-    client = client or Client()
-    tasks = build_tasks(cfg)
-    project = ensure_project(client, cfg)
-    have = existing_keys(client, project["id"])
+def import_tasks(client: Client, project_id: int, tasks: list[dict], chunk: int = 500) -> int:
+    """Import the tasks whose key the project lacks; returns how many were imported."""
+    have = existing_keys(client, project_id)
     todo = [t for t in tasks if t["data"]["task_key"] not in have]
-    with tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=f"push {cfg.batch_id}", unit="task") as bar:
-        for i in range(0, len(todo), cfg.chunk):
-            chunk = todo[i: i + cfg.chunk]
+    with tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="import", unit="task") as bar:
+        for i in range(0, len(todo), chunk):
+            part = todo[i: i + chunk]
             for attempt in range(3):
                 try:
-                    client.post(f"/api/projects/{project['id']}/import", chunk)
+                    client.post(f"/api/projects/{project_id}/import", part)
                     break
                 except LabelStudioUnavailable:
                     if attempt == 2:
                         raise
                     # the import may have landed before the connection broke: import only what is missing
-                    have = existing_keys(client, project["id"])
-                    chunk = [t for t in chunk if t["data"]["task_key"] not in have]
-                    if not chunk:
+                    have = existing_keys(client, project_id)
+                    part = [t for t in part if t["data"]["task_key"] not in have]
+                    if not part:
                         break
-            bar.update(len(todo[i: i + cfg.chunk]))
+            bar.update(len(todo[i: i + chunk]))
+    return len(todo)
+
+
+def run(cfg: PushConfig, client: Client | None = None) -> dict:
+    client = client or Client()
+    tasks = build_tasks(cfg)
+    project = ensure_project(client, cfg)
+    imported = import_tasks(client, project["id"], tasks, cfg.chunk)
     n_gold = sum(t["data"]["gold"] for t in tasks)
     return {"project_id": project["id"], "url": f"{client.url}/projects/{project['id']}/data",
-            "tasks": len(tasks), "samples": len(tasks) - n_gold, "gold": n_gold, "imported_now": len(todo),
+            "tasks": len(tasks), "samples": len(tasks) - n_gold, "gold": n_gold, "imported_now": imported,
             "with_predictions": sum("predictions" in t for t in tasks)}

@@ -158,6 +158,26 @@ def _annotate_ml_backend(a):
     return None
 
 
+def _release(a):
+    from rf1m import release
+
+    if a.action == "compile":
+        over = {"version": a.version} if a.version else {}
+        if a.parent:
+            over["parent"] = a.parent
+        return release.compile_release(params.load("release", release.ReleaseConfig, a.params, over))
+    root = params.load("release", release.ReleaseConfig, a.params).out
+    if a.action in ("verify", "diff") and not a.version or a.action == "diff" and not a.other:
+        raise ValueError(f"release {a.action} needs {'two versions' if a.action == 'diff' else 'a version'}")
+    if a.action == "verify":
+        return release.verify(a.version, root)
+    if a.action == "diff":
+        d = release.diff(a.version, a.other, root)
+        return {**{k: d[k] for k in ("old", "new", "label_deltas")},
+                **{k: {"count": len(d[k]), "keys": d[k][:20]} for k in ("added", "removed", "relabelled")}}
+    return release.list_releases(root)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rf1m", description="RF1M: generate, label, release and learn from "
                                 "advertising images judged by people.")
@@ -233,6 +253,16 @@ def build_parser() -> argparse.ArgumentParser:
     ml.add_argument("--port", type=int, default=9090)
     ml.add_argument("--connect", metavar="BATCH_ID", help="also attach it to this batch's project")
     ml.set_defaults(fn=_annotate_ml_backend)
+
+    rel = sub.add_parser("release", help="compile, verify, diff and list immutable RF1M releases",
+                         description="compile VERSION: consensus labels + shards -> releases/VERSION (refused if "
+                         "it exists); verify VERSION: recompute every sha256 of the manifest; diff OLD NEW: samples "
+                         "added, removed, relabelled; list: the releases.")
+    rel.add_argument("action", choices=["compile", "verify", "diff", "list"])
+    rel.add_argument("version", nargs="?", help="release version, e.g. v0.1 (compile: default from params)")
+    rel.add_argument("other", nargs="?", help="diff: the newer version")
+    rel.add_argument("--parent", help="compile: the release this one follows")
+    rel.set_defaults(fn=_release)
     return p
 
 

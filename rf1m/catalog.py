@@ -4,6 +4,8 @@ Views:
   samples     every generated sample (the shard sidecars of every batch), with `batch_dir`
   products    the products table of the products stage
   quarantine  everything any stage refused, with its reason
+  labels      every pulled judgement (data/labels/<batch>/labels.parquet)
+  releases    which sample is in which release version and split, with its released label
 
 Queries always see the files as they are now. `snapshot()` materialises the views into a
 `.duckdb` file (written under a temporary name, then swapped in) for readers such as the dashboard
@@ -23,8 +25,9 @@ def _sql_str(path: Path | str) -> str:
 
 
 class Catalog:
-    def __init__(self, data_root: Path | str = "data"):
+    def __init__(self, data_root: Path | str = "data", releases: Path | str = "releases"):
         self.root = Path(data_root).resolve()
+        self.releases = Path(releases).resolve()
         self.con = duckdb.connect()
         self._define_views()
 
@@ -45,7 +48,18 @@ class Catalog:
         products = self.root / "products" / "products.parquet"
         if products.exists():
             self.con.execute(f"CREATE OR REPLACE VIEW products AS SELECT * FROM read_parquet({_sql_str(products)})")
-        candidates = [self.root / "products" / "quarantine.jsonl", *sorted(shards.glob("*/quarantine.jsonl"))]
+        labels = sorted((self.root / "labels").glob("*/labels.parquet"))
+        if labels:
+            files = "[" + ", ".join(_sql_str(f) for f in labels) + "]"
+            self.con.execute(f"CREATE OR REPLACE VIEW labels AS SELECT * FROM read_parquet({files})")
+        released = sorted(self.releases.glob("*/labels/*.parquet"))
+        if released:
+            files = "[" + ", ".join(_sql_str(f) for f in released) + "]"
+            self.con.execute(
+                "CREATE OR REPLACE VIEW releases AS SELECT regexp_extract(filename, '([^/]+)/labels/[^/]+$', 1) AS version, "
+                f"* EXCLUDE (filename) FROM read_parquet({files}, filename=true)")
+        candidates = [self.root / "products" / "quarantine.jsonl", *sorted(shards.glob("*/quarantine.jsonl")),
+                      *sorted((self.root / "labels").glob("*/quarantine.jsonl"))]
         quarantine = [p for p in candidates if p.exists() and p.stat().st_size > 0]
         if quarantine:
             files = "[" + ", ".join(_sql_str(f) for f in quarantine) + "]"

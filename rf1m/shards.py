@@ -48,15 +48,15 @@ class ShardWriter:
     """Writes one job's samples into `<stem>-NN.tar` parts (rolling over at maxcount / maxsize)."""
 
     def __init__(self, directory: Path, stem: str, maxcount: int = 10_000, maxsize: int = 1 << 40,
-                 durable: bool = False):
-        self.dir, self.stem = Path(directory), stem
+                 durable: bool = False, part_digits: int = 2):
+        self.dir, self.stem, self.part_digits = Path(directory), stem, part_digits
         self.maxcount, self.maxsize, self.durable = maxcount, maxsize, durable
         self.dir.mkdir(parents=True, exist_ok=True)
         self.parts: list[dict] = []
         self._tar = None
 
     def _open(self) -> None:
-        name = f"{self.stem}-{len(self.parts):02d}"
+        name = f"{self.stem}-{len(self.parts):0{self.part_digits}d}"
         self._path = self.dir / f"{name}.tar"
         self._tmp = self._path.with_name(self._path.name + TMP)
         self._file = open(self._tmp, "wb")
