@@ -12,6 +12,7 @@ cloud storage instead (S3/GCS import storage with the same relative paths).
 from __future__ import annotations
 
 import random
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,9 +50,11 @@ def find_project(client: Client, batch_id: str) -> dict | None:
     return None
 
 
-def ensure_project(client: Client, cfg: PushConfig) -> dict:
+def ensure_project(client: Client, cfg: PushConfig) -> tuple[dict, bool]:
+    """The batch's project, and whether it was created just now (then it has no tasks to list)."""
     project = find_project(client, cfg.batch_id)
-    if project is None:
+    created = project is None
+    if created:
         project = client.post("/api/projects", {
             "title": project_title(cfg.batch_id), "label_config": labeling_config(),
             "description": f"RF1M generation batch {cfg.batch_id}: is each candidate advert usable?",
@@ -65,7 +68,7 @@ def ensure_project(client: Client, cfg: PushConfig) -> dict:
     if not any(Path(s["path"]) == media for s in storages):
         client.post("/api/storages/localfiles", {"project": project["id"], "path": str(media),
                                                    "title": f"{cfg.batch_id} media", "use_blob_urls": False})
-    return project
+    return project, created
 
 
 def existing_keys(client: Client, project_id: int) -> set[str]:
@@ -80,38 +83,41 @@ def read_predictions(path: str | None) -> dict[str, dict]:
     out = {}
     for row in pq.read_table(path).to_pylist():
         p_avail = row["p_available"]
-        reasons = [r for r in schema.REASON_NAMES if (row.get(f"p_{r}") or 0.0) >= 0.5]
+        fails = {r: row.get(f"p_{r}") or 0.0 for r in schema.REASON_NAMES}
+        # reasons the model is sure of; else its most likely one (a softmax head spreads mass over several)
+        reasons = [r for r, p in fails.items() if p >= 0.5] or [max(fails, key=fails.get)]
         out[row["key"]] = {"model_version": row["model_version"], "score": float(p_avail),
                            "verdict": "available" if p_avail >= 0.5 else "not_available", "reasons": reasons}
     return out
 
 
-def _extract(row: dict, batch_dir: Path, media: Path, files_root: Path, member: str) -> str:
-    target = media / f"{row['key']}.{member}.png"
-    if not target.exists():
-        data = shards.read_member(batch_dir / row["shard"], row[f"{member}_offset"], row[f"{member}_size"])
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(target)
-    return "/data/local-files/?d=" + str(target.resolve().relative_to(files_root.resolve()))
+def extract_media(jobs: list[tuple[Path, dict, str, Path]]) -> None:
+    """Write each task's images where Label Studio serves them from (skipping those already there)."""
+    for tar, row, member, target in jobs:
+        if not target.exists():
+            tmp = target.with_name(target.name + ".tmp")
+            tmp.write_bytes(shards.read_member(tar, row[f"{member}_offset"], row[f"{member}_size"]))
+            tmp.replace(target)
 
 
-def build_tasks(cfg: PushConfig) -> list[dict]:
-    """Every task of the batch (samples, then gold copies), deterministic by seed."""
+def build_tasks(cfg: PushConfig) -> tuple[list[dict], list]:
+    """Every task of the batch (samples, then gold copies), deterministic by seed, and the media to write."""
     batch_dir = Path(cfg.shards) / cfg.batch_id
     rows = sorted(shards.read_sidecars(batch_dir).to_pylist(), key=lambda r: r["key"])
     if not rows:
         raise ValueError(f"no samples in {batch_dir}: run the generate stage first")
-    media, root = Path(cfg.media) / cfg.batch_id, Path(cfg.files_root)
+    media = (Path(cfg.media) / cfg.batch_id).resolve()
     media.mkdir(parents=True, exist_ok=True)
+    prefix = "/data/local-files/?d=" + str(media.relative_to(Path(cfg.files_root).resolve())) + "/"
     preds = read_predictions(cfg.predictions)
     gold_file = Path(cfg.labels) / cfg.batch_id / "gold.parquet"
     gold = {g["key"]: g for g in pq.read_table(gold_file).to_pylist()} if gold_file.exists() else {}
-    tasks = []
-    for row in tqdm(rows, desc="tasks", unit="task", leave=False):
+    tasks, jobs = [], []
+    for row in rows:
+        for member in ("image", "product"):
+            jobs.append((batch_dir / row["shard"], row, member, media / f"{row['key']}.{member}.png"))
         data = {"task_key": row["key"], "key": row["key"], "batch_id": cfg.batch_id, "gold": False,
-                "image": _extract(row, batch_dir, media, root, "image"),
-                "product": _extract(row, batch_dir, media, root, "product"),
+                "image": f"{prefix}{row['key']}.image.png", "product": f"{prefix}{row['key']}.product.png",
                 "title": row["title"], "prompt": row["prompt"]}
         task = {"data": data}
         if row["key"] in preds:
@@ -124,12 +130,12 @@ def build_tasks(cfg: PushConfig) -> list[dict]:
     for key in random.Random(cfg.seed).sample(sorted(gold), n_gold):
         base = next(t for t in tasks if t["data"]["key"] == key)["data"]
         tasks.append({"data": {**base, "task_key": f"gold-{key}", "gold": True}})
-    return tasks
+    return tasks, jobs
 
 
-def import_tasks(client: Client, project_id: int, tasks: list[dict], chunk: int = 500) -> int:
+def import_tasks(client: Client, project_id: int, tasks: list[dict], chunk: int = 500, new: bool = False) -> int:
     """Import the tasks whose key the project lacks; returns how many were imported."""
-    have = existing_keys(client, project_id)
+    have = set() if new else existing_keys(client, project_id)
     todo = [t for t in tasks if t["data"]["task_key"] not in have]
     with tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="import", unit="task") as bar:
         for i in range(0, len(todo), chunk):
@@ -152,9 +158,15 @@ def import_tasks(client: Client, project_id: int, tasks: list[dict], chunk: int 
 
 def run(cfg: PushConfig, client: Client | None = None) -> dict:
     client = client or Client()
-    tasks = build_tasks(cfg)
-    project = ensure_project(client, cfg)
-    imported = import_tasks(client, project["id"], tasks, cfg.chunk)
+    tasks, media_jobs = build_tasks(cfg)
+    project, created = ensure_project(client, cfg)
+    # Label Studio fetches images only when a task is opened: write them while the import runs
+    writer = threading.Thread(target=extract_media, args=(media_jobs,))
+    writer.start()
+    try:
+        imported = import_tasks(client, project["id"], tasks, cfg.chunk, new=created)
+    finally:
+        writer.join()
     n_gold = sum(t["data"]["gold"] for t in tasks)
     return {"project_id": project["id"], "url": f"{client.url}/projects/{project['id']}/data",
             "tasks": len(tasks), "samples": len(tasks) - n_gold, "gold": n_gold, "imported_now": imported,

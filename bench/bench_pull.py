@@ -22,7 +22,7 @@ def main() -> None:
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, label_studio(tmp) as client:
         cfg = push.PushConfig(batch_id="pullbench", files_root=tmp, media=str(Path(tmp) / "media"))
-        project = push.ensure_project(client, cfg)
+        project, _ = push.ensure_project(client, cfg)
         tasks = [{"data": {"task_key": f"k{i}", "key": f"k{i}", "batch_id": "pullbench", "gold": False,
                            "image": "", "product": "", "title": "t", "prompt": "p"},
                   "annotations": [{"result": choice_result("not_available", ["size_mismatch"]) if i % 3 else

@@ -59,8 +59,9 @@ def main() -> None:
             preds = fake_batch(root, f"raw{r}", a.tasks)
             cfg = push.PushConfig(batch_id=f"raw{r}", shards=str(root / "shards"), media=str(root / "media"),
                                   files_root=tmp, predictions=str(preds), gold_rate=0)
-            payload = push.build_tasks(cfg)  # baseline gets the finished payload for free
-            project = push.ensure_project(client, cfg)
+            payload, media = push.build_tasks(cfg)  # baseline gets the finished payload and media for free
+            push.extract_media(media)
+            project, _ = push.ensure_project(client, cfg)
             t = time.perf_counter()
             client.post(f"/api/projects/{project['id']}/import", payload)
             raw_t.append(time.perf_counter() - t)

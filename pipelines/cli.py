@@ -140,7 +140,12 @@ def _annotate_consensus(a):
 def _annotate_ml_backend(a):
     from annotation import ml_backend, push
 
-    predictor = ml_backend.make_predictor(a.predictor)
+    if a.predictor.startswith("rfnet:"):
+        from rfnet.predict import CheckpointPredictor
+
+        predictor = CheckpointPredictor(a.predictor[6:], a.shards)
+    else:
+        predictor = ml_backend.make_predictor(a.predictor)
     server = ml_backend.serve(predictor, a.host, a.port, background=bool(a.connect))
     url = f"http://{a.host}:{a.port}"
     if a.connect:
@@ -176,6 +181,37 @@ def _release(a):
         return {**{k: d[k] for k in ("old", "new", "label_deltas")},
                 **{k: {"count": len(d[k]), "keys": d[k][:20]} for k in ("added", "removed", "relabelled")}}
     return release.list_releases(root)
+
+
+def _rfnet(a):
+    from rfnet import evaluate, train
+
+    over = {"release": a.release} if a.release else {}
+    if a.action == "train":
+        if a.drop:
+            if not a.out:
+                raise ValueError("--drop trains an ablation: give it its own --out folder")
+            over["model"] = {**_model_params(a.params), "drop": a.drop}
+        if a.out:
+            over["out"] = a.out
+        return train.train(params.load("rfnet", train.TrainConfig, a.params, over), resume=a.resume)
+    over.update({k: v for k, v in {"checkpoint": a.checkpoint, "out": a.out}.items() if v})
+    return evaluate.run(params.load("evaluate", evaluate.EvalConfig, a.params, over))
+
+
+def _model_params(path: str) -> dict:
+    import yaml
+
+    p = Path(path)
+    data = (yaml.safe_load(p.read_text()) or {}) if p.exists() else {}
+    return dict((data.get("rfnet") or {}).get("model") or {})
+
+
+def _prelabel(a):
+    from rfnet import predict
+
+    over = {k: v for k, v in {"batch_id": a.batch_id, "checkpoint": a.checkpoint}.items() if v}
+    return predict.run(params.load("prelabel", predict.PrelabelConfig, a.params, over))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     ml = an.add_parser("ml-backend", help="serve pre-labels to Label Studio (ML-backend protocol)",
                        description="Serve predictions over Label Studio's ML-backend protocol "
                        "(/health, /setup, /predict, /webhook).")
-    ml.add_argument("--predictor", default="null", help="null, or predictions:<file.parquet>")
+    ml.add_argument("--predictor", default="null",
+                    help="null, predictions:<file.parquet>, or rfnet:<checkpoint dir> (e.g. rfnet:models/rfnet/best)")
+    ml.add_argument("--shards", default="data/shards", help="where rfnet: finds the tasks' samples")
     ml.add_argument("--host", default="127.0.0.1")
     ml.add_argument("--port", type=int, default=9090)
     ml.add_argument("--connect", metavar="BATCH_ID", help="also attach it to this batch's project")
@@ -263,6 +301,25 @@ def build_parser() -> argparse.ArgumentParser:
     rel.add_argument("other", nargs="?", help="diff: the newer version")
     rel.add_argument("--parent", help="compile: the release this one follows")
     rel.set_defaults(fn=_release)
+
+    rf = sub.add_parser("rfnet", help="train and evaluate RFNet, the usability judge",
+                        description="train: on a release (params rfnet:), checkpoints in models/rfnet/{last,best}; "
+                        "--resume continues from last. eval: the paper's metrics on a split (params evaluate:).")
+    rf.add_argument("action", choices=["train", "eval"])
+    rf.add_argument("--release", help="release version (overrides params)")
+    rf.add_argument("--resume", action="store_true", help="train: continue from <out>/last")
+    rf.add_argument("--drop", nargs="+", choices=["product", "depth", "saliency", "caption"],
+                    help="train: an ablation without these inputs (needs --out)")
+    rf.add_argument("--out", help="train: checkpoint folder; eval: metrics folder")
+    rf.add_argument("--checkpoint", help="eval: checkpoint folder (default from params)")
+    rf.set_defaults(fn=_rfnet)
+
+    pl = sub.add_parser("prelabel", help="RFNet predictions for a batch (attached by annotate push)",
+                        description="Run RFNet over a batch's shards and write <out>/<batch>.parquet "
+                        "(key, model_version, p_<class>).")
+    pl.add_argument("--batch-id", help="batch id (overrides params)")
+    pl.add_argument("--checkpoint", help="checkpoint folder (default from params)")
+    pl.set_defaults(fn=_prelabel)
     return p
 
 

@@ -1,0 +1,101 @@
+"""RFNet's inputs: release splits through `datasets` (training) and batch shards through webdataset
+(pre-labelling), turned into the same tensors.
+
+Targets are soft over `CLASSES`: available, or the sample's failure reasons sharing the mass.
+Samples whose only reason is `unsuitable` have no target and are left out (see rfnet.model).
+The one augmentation is a horizontal flip of all four images together: it keeps every judged property
+(scale, floating, edges, contrast, halos). No crop (it could cut the product or fake a size
+mismatch) and no colour change (it could fake or hide indistinctiveness).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from rf1m import schema
+from rfnet.backbones import IMAGENET_MEAN, IMAGENET_STD
+from rfnet.model import CLASSES, IMAGES
+
+_MEAN = torch.tensor(IMAGENET_MEAN)[:, None, None]
+_STD = torch.tensor(IMAGENET_STD)[:, None, None]
+
+
+def to_tensor(img: Image.Image, size: int) -> torch.Tensor:
+    if img.mode == "RGBA":  # the product: composite on grey, as the encoder expects a photo
+        bg = Image.new("RGBA", img.size, (127, 127, 127, 255))
+        img = Image.alpha_composite(bg, img)
+    img = img.convert("RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return (x - _MEAN) / _STD
+
+
+def target(verdict: str, reasons: list[str]) -> torch.Tensor | None:
+    t = torch.zeros(len(CLASSES))
+    if verdict == "available":
+        t[0] = 1.0
+        return t
+    hits = [CLASSES.index(r) for r in reasons if r in CLASSES]
+    if not hits:
+        return None  # unsuitable only (or no reason): nothing RFNet's head can say
+    t[hits] = 1.0 / len(hits)
+    return t
+
+
+def sample(members: dict, caption: str, size: int, flip: bool = False) -> dict:
+    images = {m: to_tensor(members[m], size) for m in IMAGES}
+    if flip:
+        images = {m: x.flip(-1) for m, x in images.items()}
+    return {"images": images, "caption": caption}
+
+
+def collate(items: list[dict]) -> dict:
+    out = {"images": {m: torch.stack([it["images"][m] for it in items]) for m in IMAGES},
+           "captions": [it["caption"] for it in items], "keys": [it["key"] for it in items]}
+    if "target" in items[0]:
+        out["target"] = torch.stack([it["target"] for it in items])
+    return out
+
+
+class ReleaseSplit(torch.utils.data.Dataset):
+    """One split of a release, as (images, caption, soft target)."""
+
+    def __init__(self, version: str, split: str, root: str, size: int, augment: bool = False,
+                 cache_dir: str | None = None):
+        from rf1m.release import load
+
+        self.ds = load(version, split=split, root=root, cache_dir=cache_dir)
+        self.size, self.augment = size, augment
+        self.rows, self.targets = [], []
+        for i, (label, info) in enumerate(zip(self.ds["label.cls"], self.ds["labels.json"])):
+            t = target(schema.VERDICTS[label], [schema.REASON_NAMES[r] for r in info["reasons"]])
+            if t is not None:
+                self.rows.append(i)
+                self.targets.append(t)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.ds[self.rows[i]]
+        members = {m: row[f"{m}.png"] for m in IMAGES}
+        flip = self.augment and bool(torch.rand(()) < 0.5)
+        item = sample(members, row["recipe.json"]["title"], self.size, flip)
+        item.update(key=row["recipe.json"]["key"], target=self.targets[i])
+        return item
+
+
+def shard_samples(urls: list[str], size: int):
+    """Batch shards (not yet labelled) as model inputs, streamed with webdataset."""
+    import webdataset as wds
+
+    def to_item(s):
+        item = sample({m: s[f"{m}.png"] for m in IMAGES}, s["recipe.json"]["title"], size)
+        item["key"] = s["__key__"]
+        return item
+
+    # pilrgba keeps the product's alpha, so it is composited exactly as in training
+    return wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("pilrgba").map(to_item)

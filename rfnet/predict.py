@@ -1,0 +1,92 @@
+"""Pre-labelling: RFNet over a batch's shards -> a predictions Parquet that `annotate push` attaches
+to Label Studio tasks, and a predictor the ML backend serves from the same checkpoint.
+
+Predictions Parquet: key, model_version, p_<class> for every class of RFNet's head.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from rf1m import shards
+from rfnet import checkpoint
+from rfnet.data import collate, sample, shard_samples
+from rfnet.evaluate import predict
+from rfnet.model import CLASSES, IMAGES
+
+
+@dataclass(frozen=True)
+class PrelabelConfig:
+    checkpoint: str = "models/rfnet/best"
+    batch_id: str = "demo"
+    shards: str = "data/shards"
+    out: str = "data/predictions"  # writes <out>/<batch_id>.parquet
+    batch_size: int = 32
+
+
+def predictions_table(keys: list[str], probs: np.ndarray, model_version: str) -> pa.Table:
+    cols = {"key": keys, "model_version": [model_version] * len(keys)}
+    cols.update({f"p_{c}": probs[:, i].astype(float).tolist() for i, c in enumerate(CLASSES)})
+    return pa.table(cols)
+
+
+def run(cfg: PrelabelConfig) -> dict:
+    model, meta = checkpoint.load(Path(cfg.checkpoint))
+    urls = sorted(str(p) for p in (Path(cfg.shards) / cfg.batch_id).glob("*.tar"))
+    if not urls:
+        raise ValueError(f"no shards for batch {cfg.batch_id!r} in {cfg.shards}")
+    loader = torch.utils.data.DataLoader(shard_samples(urls, meta["model"]["image_size"]),
+                                         batch_size=cfg.batch_size, collate_fn=collate)
+    keys, probs, _ = predict(model, loader, desc=f"prelabel {cfg.batch_id}")
+    out = Path(cfg.out) / f"{cfg.batch_id}.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(predictions_table(keys, probs, meta["model_version"]), out.with_suffix(".parquet.tmp"))
+    out.with_suffix(".parquet.tmp").replace(out)
+    return {"predictions": str(out), "samples": len(keys), "model_version": meta["model_version"],
+            "predicted_available": float((probs[:, 0] >= 0.5).mean()) if len(keys) else None}
+
+
+class CheckpointPredictor:
+    """For the ML backend: predicts Label Studio tasks by key, reading the samples from their shards."""
+
+    def __init__(self, checkpoint_dir: str, shards_root: str = "data/shards"):
+        self.model, meta = checkpoint.load(Path(checkpoint_dir))
+        self.model_version, self.size = meta["model_version"], meta["model"]["image_size"]
+        self.root = Path(shards_root)
+        self._rows: dict[str, dict] = {}
+
+    def _row(self, key: str, batch_id: str) -> dict | None:
+        if key not in self._rows:
+            for r in shards.read_sidecars(self.root / batch_id).to_pylist():
+                self._rows[r["key"]] = {**r, "_dir": self.root / batch_id}
+        return self._rows.get(key)
+
+    def predict(self, tasks: list[dict]) -> list[dict | None]:
+        items, where = [], []
+        for i, t in enumerate(tasks):
+            d = t.get("data", {})
+            row = self._row(d.get("key", ""), d.get("batch_id", "")) if d.get("key") else None
+            if row is None:
+                continue
+            members = {m: Image.open(io.BytesIO(shards.read_member(row["_dir"] / row["shard"], row[f"{m}_offset"],
+                                                                   row[f"{m}_size"]))) for m in IMAGES}
+            items.append({**sample(members, row["title"], self.size), "key": row["key"]})
+            where.append(i)
+        out: list[dict | None] = [None] * len(tasks)
+        if items:
+            _, probs, _ = predict(self.model, [collate(items)], desc="ml-backend")
+            for i, p in zip(where, probs):
+                fails = {c: float(p[j]) for j, c in enumerate(CLASSES) if c != "available"}
+                top = max(fails, key=fails.get)
+                out[i] = {"model_version": self.model_version, "score": float(p[0]),
+                          "verdict": "available" if p[0] >= 0.5 else "not_available",
+                          "reasons": [c for c, v in fails.items() if v >= 0.5] or [top]}
+        return out

@@ -1,0 +1,120 @@
+"""Training RFNet: one readable loop.
+
+AdamW on the trainable parameters, the paper's schedule (lr divided by 10 half-way), soft
+cross-entropy weighted by inverse class frequency, fixed seeds (per epoch, so a resumed run sees the
+same batches as an uninterrupted one). After every epoch: validation metrics appended to
+`<out>/metrics.csv` (`dvc plots show`), the checkpoint `<out>/last` (weights + optimizer, for
+`--resume`) and, when validation AP improves, `<out>/best`, which evaluation and prelabel use.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from rfnet import checkpoint
+from rfnet.data import ReleaseSplit, collate
+from rfnet.evaluate import metrics, predict
+from rfnet.model import CLASSES, RFNet, RFNetConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    release: str = "v0.1"
+    releases: str = "releases"
+    out: str = "models/rfnet"
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-4
+    lr_drop_at: float = 0.5  # fraction of the epochs after which lr is divided by 10 (the paper: epoch 5 of 10)
+    weight_decay: float = 0.01
+    augment: bool = True
+    seed: int = 0
+    model: RFNetConfig = field(default_factory=RFNetConfig)
+    cache_dir: str | None = None
+
+
+def soft_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    per = -(target * weight * F.log_softmax(logits, dim=1)).sum(dim=1)
+    return per.sum() / (target * weight).sum()
+
+
+def class_weights(targets: list[torch.Tensor]) -> torch.Tensor:
+    counts = torch.stack(targets).sum(0)
+    w = torch.where(counts > 0, counts.sum() / (len(CLASSES) * counts.clamp(min=1e-6)), torch.zeros_like(counts))
+    return w / w[counts > 0].mean()
+
+
+def _loader(ds, cfg: TrainConfig, epoch: int | None):
+    g = torch.Generator().manual_seed(cfg.seed * 1000 + (epoch or 0))
+    return torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=epoch is not None, generator=g,
+                                       collate_fn=collate)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    size = cfg.model.image_size
+    train_ds = ReleaseSplit(cfg.release, "train", cfg.releases, size, cfg.augment, cfg.cache_dir)
+    val_ds = ReleaseSplit(cfg.release, "validation", cfg.releases, size, False, cfg.cache_dir)
+    if not len(train_ds):
+        raise ValueError(f"release {cfg.release} has no trainable sample in its train split")
+    model = RFNet(cfg.model)
+    weight = class_weights(train_ds.targets)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
+    start, step, history, best = 0, 0, [], -math.inf
+    if resume and (out / "last").exists():
+        model, meta = checkpoint.load(out / "last")
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                weight_decay=cfg.weight_decay)
+        checkpoint.load_optimizer(out / "last", opt)
+        start, step, history = meta["state"]["epoch"] + 1, meta["state"]["step"], meta["state"]["history"]
+        best = max((h["val_ap"] for h in history if not math.isnan(h["val_ap"])), default=-math.inf)
+    out.mkdir(parents=True, exist_ok=True)
+    for epoch in range(start, cfg.epochs):
+        lr = cfg.lr * (0.1 if epoch >= int(cfg.epochs * cfg.lr_drop_at) else 1.0)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout and flips: the same whether resumed or not
+        model.train()
+        total, n = 0.0, 0
+        for batch in tqdm(_loader(train_ds, cfg, epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch"):
+            logits = model(batch["images"], model.tokenize(batch["captions"]))
+            loss = soft_ce(logits, batch["target"], weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            total, n = total + loss.item() * len(batch["keys"]), n + len(batch["keys"])
+        row = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": total / n}
+        if len(val_ds):
+            _, probs, targets = predict(model, _loader(val_ds, cfg, None), desc="validate")
+            m = metrics(probs, targets)
+            val_loss = float(soft_ce(torch.log(torch.from_numpy(probs).clamp(min=1e-9)), torch.from_numpy(targets),
+                                     weight))
+            row.update(val_loss=val_loss, val_ap=m["ap"], val_accuracy=m["accuracy"], val_f1=m["f1"])
+        else:
+            row.update(val_loss=float("nan"), val_ap=float("nan"), val_accuracy=float("nan"), val_f1=float("nan"))
+        history.append(row)
+        state = {"epoch": epoch, "step": step, "history": history, "train": asdict(cfg)}
+        checkpoint.save(out / "last", model, state, opt)
+        score = row["val_ap"] if not math.isnan(row["val_ap"]) else -row["train_loss"]
+        if score > best or not (out / "best").exists():
+            best = score
+            shutil.rmtree(out / "best", ignore_errors=True)
+            checkpoint.save(out / "best", model, state)
+        with open(out / "metrics.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, list(history[0]))
+            w.writeheader()
+            w.writerows(history)
+    meta = checkpoint.read_meta(out / "best")
+    return {"epochs": cfg.epochs, "steps": step, "best": str(out / "best"), "model_version": meta["model_version"],
+            "last": history[-1] if history else None}
