@@ -17,18 +17,22 @@ from pipelines import params
 from rf1m.shards import write_json_atomic
 
 
+def _given(a, *names) -> dict:
+    """The options the user gave on the command line, to override their params.yaml values."""
+    return {n: getattr(a, n) for n in names if getattr(a, n, None) is not None}
+
+
 def _products(a):
     from pipelines import products
 
-    over = {k: v for k, v in {"source": a.source, "metadata": a.metadata, "out": a.out}.items() if v}
-    return products.run(params.load("products", products.ProductsConfig, a.params, over))
+    return products.run(params.load("products", products.ProductsConfig, a.params,
+                                    _given(a, "source", "metadata", "out")))
 
 
 def _models_tiny(a):
     from pipelines.models import TinyConfig, build_tiny, folder_hash
 
-    over = {k: v for k, v in {"out": a.out, "seed": a.seed, "size": a.size}.items() if v is not None}
-    cfg = params.load("models", TinyConfig, a.params, over)
+    cfg = params.load("models", TinyConfig, a.params, _given(a, "out", "seed", "size"))
     path = build_tiny(cfg.out, seed=cfg.seed, size=cfg.size)
     return {"model": str(path), "revision": folder_hash(path)}
 
@@ -36,8 +40,7 @@ def _models_tiny(a):
 def _generate(a):
     from pipelines import generate
 
-    over = {"batch_id": a.batch_id} if a.batch_id else {}
-    return generate.run(params.load("generate", generate.GenerateConfig, a.params, over))
+    return generate.run(params.load("generate", generate.GenerateConfig, a.params, _given(a, "batch_id")))
 
 
 def _catalog_query(a):
@@ -89,31 +92,27 @@ def _labelstudio(a):
 
 def _client(a):
     from annotation.client import Client
-    from annotation.server import credentials
 
-    credentials()
-    return Client(_ls_config(a).url)
+    return Client(_ls_config(a).url)  # the credentials `up` made (environment or .env)
 
 
 def _annotate_push(a):
     from annotation import push
 
-    over = {k: v for k, v in {"batch_id": a.batch_id, "predictions": a.predictions}.items() if v}
-    return push.run(params.load("annotate_push", push.PushConfig, a.params, over), _client(a))
+    cfg = params.load("annotate_push", push.PushConfig, a.params, _given(a, "batch_id", "predictions"))
+    return push.run(cfg, _client(a))
 
 
 def _annotate_gold(a):
     from annotation import panel
 
-    over = {"batch_id": a.batch_id} if a.batch_id else {}
-    return panel.write_gold(params.load("panel", panel.PanelConfig, a.params, over))
+    return panel.write_gold(params.load("panel", panel.PanelConfig, a.params, _given(a, "batch_id")))
 
 
 def _annotate_simulate(a):
     from annotation import panel, push
 
-    over = {"batch_id": a.batch_id} if a.batch_id else {}
-    cfg = params.load("panel", panel.PanelConfig, a.params, over)
+    cfg = params.load("panel", panel.PanelConfig, a.params, _given(a, "batch_id"))
     client = _client(a)
     project = push.find_project(client, cfg.batch_id)
     if project is None:
@@ -126,15 +125,13 @@ def _annotate_simulate(a):
 def _annotate_pull(a):
     from annotation import pull
 
-    over = {"batch_id": a.batch_id} if a.batch_id else {}
-    return pull.run(params.load("annotate_pull", pull.PullConfig, a.params, over), _client(a))
+    return pull.run(params.load("annotate_pull", pull.PullConfig, a.params, _given(a, "batch_id")), _client(a))
 
 
 def _annotate_consensus(a):
     from annotation import consensus
 
-    over = {"batch_id": a.batch_id} if a.batch_id else {}
-    return consensus.run(params.load("consensus", consensus.ConsensusConfig, a.params, over))
+    return consensus.run(params.load("consensus", consensus.ConsensusConfig, a.params, _given(a, "batch_id")))
 
 
 def _annotate_ml_backend(a):
@@ -167,9 +164,7 @@ def _release(a):
     from rf1m import release
 
     if a.action == "compile":
-        over = {"version": a.version} if a.version else {}
-        if a.parent:
-            over["parent"] = a.parent
+        over = _given(a, "version", "parent")
         return release.compile_release(params.load("release", release.ReleaseConfig, a.params, over))
     root = params.load("release", release.ReleaseConfig, a.params).out
     if a.action in ("verify", "diff") and not a.version or a.action == "diff" and not a.other:
@@ -186,7 +181,7 @@ def _release(a):
 def _rfnet(a):
     from rfnet import evaluate, train
 
-    over = {"release": a.release} if a.release else {}
+    over = _given(a, "release")
     if a.action == "train":
         if a.drop:
             if not a.out:
@@ -195,7 +190,7 @@ def _rfnet(a):
         if a.out:
             over["out"] = a.out
         return train.train(params.load("rfnet", train.TrainConfig, a.params, over), resume=a.resume)
-    over.update({k: v for k, v in {"checkpoint": a.checkpoint, "out": a.out}.items() if v})
+    over.update(_given(a, "checkpoint", "out"))
     return evaluate.run(params.load("evaluate", evaluate.EvalConfig, a.params, over))
 
 
@@ -210,8 +205,7 @@ def _model_params(path: str) -> dict:
 def _prelabel(a):
     from rfnet import predict
 
-    over = {k: v for k, v in {"batch_id": a.batch_id, "checkpoint": a.checkpoint}.items() if v}
-    return predict.run(params.load("prelabel", predict.PrelabelConfig, a.params, over))
+    return predict.run(params.load("prelabel", predict.PrelabelConfig, a.params, _given(a, "batch_id", "checkpoint")))
 
 
 def build_parser() -> argparse.ArgumentParser:

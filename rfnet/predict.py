@@ -30,6 +30,7 @@ class PrelabelConfig:
     shards: str = "data/shards"
     out: str = "data/predictions"  # writes <out>/<batch_id>.parquet
     batch_size: int = 32
+    workers: int = 1  # loader processes decoding shards while the model runs
 
 
 def predictions_table(keys: list[str], probs: np.ndarray, model_version: str) -> pa.Table:
@@ -40,11 +41,17 @@ def predictions_table(keys: list[str], probs: np.ndarray, model_version: str) ->
 
 def run(cfg: PrelabelConfig) -> dict:
     model, meta = checkpoint.load(Path(cfg.checkpoint))
+    return prelabel(model, meta, cfg)
+
+
+def prelabel(model, meta: dict, cfg: PrelabelConfig) -> dict:
     urls = sorted(str(p) for p in (Path(cfg.shards) / cfg.batch_id).glob("*.tar"))
     if not urls:
         raise ValueError(f"no shards for batch {cfg.batch_id!r} in {cfg.shards}")
+    # one worker per shard list split: webdataset hands each worker its own shards, so nothing repeats
     loader = torch.utils.data.DataLoader(shard_samples(urls, meta["model"]["image_size"]),
-                                         batch_size=cfg.batch_size, collate_fn=collate)
+                                         batch_size=cfg.batch_size, collate_fn=collate,
+                                         num_workers=min(cfg.workers, len(urls)))
     keys, probs, _ = predict(model, loader, desc=f"prelabel {cfg.batch_id}")
     out = Path(cfg.out) / f"{cfg.batch_id}.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
