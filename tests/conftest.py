@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -70,3 +72,35 @@ def label_studio(tmp_path_factory):
         yield cfg, Client(cfg.url, retries=2, backoff=0.2)
     finally:
         server.down(cfg)
+
+
+def write_consensus(labels: Path, batch: str, keys: list[str], flip: str | None = None, low: str | None = None):
+    """A consensus.parquet as `annotate consensus` writes it: alternating verdicts, optional changes."""
+    from annotation.consensus import CONSENSUS_SCHEMA
+
+    rows = []
+    for i, k in enumerate(sorted(keys)):
+        verdict = "available" if i % 2 else "not_available"
+        if k == flip:
+            verdict = "available" if verdict == "not_available" else "not_available"
+        reasons = ["size_mismatch", "shape_hallucination"] if verdict == "not_available" else []
+        rows.append({"key": k, "verdict": verdict, "reasons": reasons, "confidence": 0.1 if k == low else 0.9,
+                     "majority_verdict": verdict, "majority_confidence": 1.0, "n_annotators": 1 + i % 2,
+                     "annotators": ["a@x"], "source": "simulated"})
+    (labels / batch).mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=CONSENSUS_SCHEMA), labels / batch / "consensus.parquet")
+
+
+@pytest.fixture(scope="session")
+def released(small_batch, tmp_path_factory):
+    """The small batch labelled by a constructed consensus and compiled as release v0.1 (2/2/2 by product)."""
+    from rf1m import release, shards
+
+    tmp, gen, _ = small_batch
+    root = tmp_path_factory.mktemp("rel")
+    keys = shards.read_sidecars(Path(gen.out) / gen.batch_id).column("key").to_pylist()
+    write_consensus(root / "labels", gen.batch_id, keys)
+    cfg = release.ReleaseConfig(version="v0.1", batches=(gen.batch_id,), shards=gen.out, labels=str(root / "labels"),
+                                out=str(root / "releases"), splits=(0.34, 0.33, 0.33))
+    release.compile_release(cfg)
+    return root, cfg, keys

@@ -8,42 +8,10 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from rf1m import release, schema, shards
-
-SCHEMA = pa.schema([("key", pa.string()), ("verdict", pa.string()), ("reasons", pa.list_(pa.string())),
-                    ("confidence", pa.float64()), ("majority_verdict", pa.string()),
-                    ("majority_confidence", pa.float64()), ("n_annotators", pa.int64()),
-                    ("annotators", pa.list_(pa.string())), ("source", pa.string())])
-
-
-def write_consensus(labels: Path, batch: str, keys: list[str], flip: str | None = None, low: str | None = None):
-    rows = []
-    for i, k in enumerate(sorted(keys)):
-        verdict = "available" if i % 2 else "not_available"
-        if k == flip:
-            verdict = "available" if verdict == "not_available" else "not_available"
-        reasons = ["size_mismatch", "shape_hallucination"] if verdict == "not_available" else []
-        rows.append({"key": k, "verdict": verdict, "reasons": reasons, "confidence": 0.1 if k == low else 0.9,
-                     "majority_verdict": verdict, "majority_confidence": 1.0, "n_annotators": 1 + i % 2,
-                     "annotators": ["a@x"], "source": "simulated"})
-    (labels / batch).mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), labels / batch / "consensus.parquet")
-
-
-@pytest.fixture(scope="module")
-def released(small_batch, tmp_path_factory):
-    tmp, gen, _ = small_batch
-    root = tmp_path_factory.mktemp("rel")
-    keys = shards.read_sidecars(Path(gen.out) / gen.batch_id).column("key").to_pylist()
-    write_consensus(root / "labels", gen.batch_id, keys)
-    cfg = release.ReleaseConfig(version="v0.1", batches=(gen.batch_id,), shards=gen.out, labels=str(root / "labels"),
-                                out=str(root / "releases"), splits=(0.34, 0.33, 0.33))
-    release.compile_release(cfg)
-    return root, cfg, keys
+from rf1m import release, schema
+from tests.conftest import write_consensus
 
 
 def test_load_dataset_gives_declared_types_and_three_splits(released, tmp_path):

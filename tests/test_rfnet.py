@@ -7,12 +7,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from rf1m import release, shards
+from rf1m import shards
 from rfnet import checkpoint, predict
 from rfnet.evaluate import average_precision, calibration, metrics, threshold_for_precision
 from rfnet.model import CLASSES, IMAGES, RFNet, RFNetConfig
 from rfnet.train import TrainConfig, train
-from tests.test_release import write_consensus
 
 TINY = RFNetConfig(image_backbone="tiny", text_backbone="hash", pretrained=False, freeze_backbones=False,
                    image_size=32, dim=32, heads=2, attn_layers=1, dropout=0.0)
@@ -89,16 +88,9 @@ def test_metrics_by_hand():
     assert cal["ece"] == pytest.approx(0.05)
 
 
-@pytest.fixture(scope="module")
-def rel(small_batch, tmp_path_factory):
-    tmp, gen, _ = small_batch
-    root = tmp_path_factory.mktemp("rfnet_rel")
-    keys = shards.read_sidecars(Path(gen.out) / gen.batch_id).column("key").to_pylist()
-    write_consensus(root / "labels", gen.batch_id, keys)
-    cfg = release.ReleaseConfig(version="v0.1", batches=(gen.batch_id,), shards=gen.out,
-                                labels=str(root / "labels"), out=str(root / "releases"), splits=(0.34, 0.33, 0.33))
-    release.compile_release(cfg)
-    return root, gen
+@pytest.fixture
+def rel(released, small_batch):
+    return released[0], small_batch[1]
 
 
 def cfg_for(root: Path, out: str, epochs: int) -> TrainConfig:
