@@ -6,6 +6,8 @@ reads the project's tasks, judges the sample's images, and posts one annotation 
 assigned. The judgement follows documented rules computed from the images, so that RFNet (which sees
 the generated image and the product) can learn them:
 
+  unsuitable           the product photo cuts the product off at its frame (`product_truncated`,
+                       measured on the product image by the products stage)
   size_mismatch        the product's longest side is under `small` or over `large` of the canvas
   space_mismatch       the product floats (gap under it > `float_gap` of the canvas) or touches an edge
   indistinctiveness    the background ring around the product is close in colour to the product
@@ -14,11 +16,11 @@ the generated image and the product) can learn them:
                        the wider background is (ΔE ratio halo/ring < `halo`): the background grew the product
   available            none of the above
 
-The default thresholds are calibrated on the tiny offline model's backgrounds so that the demo has
-every reason; with a real generator, set them in params.yaml (`panel.rules`).
-Layout causes the first two, the generated background the last two, so fine-tuning the generator
-can change the rate. Every annotator has its own noise: thresholds jittered by up to ±`jitter`, a
-`flip` probability of reversing the verdict and a `miss` probability of dropping a reason.
+The product photo causes the first, the layout the next two, the generated background the last two,
+so fine-tuning the generator can change the rate. The default thresholds are calibrated on the tiny
+offline model's backgrounds so that the demo has every reason; with a real generator, set them in
+params.yaml (`panel.rules`). Every annotator has its own noise: thresholds jittered by up to
+±`jitter`, a `flip` probability of reversing the verdict and a `miss` probability of dropping a reason.
 """
 
 from __future__ import annotations
@@ -45,11 +47,11 @@ DOMAIN = "panel.rf1m.local"
 class Rules:
     small: float = 0.635
     large: float = 0.865
-    float_gap: float = 0.28
+    float_gap: float = 0.30
     edge: float = 0.01
-    contrast: float = 54.0
+    contrast: float = 52.0
     busy: float = 34.0
-    halo: float = 0.93
+    halo: float = 0.92
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ def features(image: np.ndarray, product: np.ndarray) -> dict:
 
 def judge(f: dict, r: Rules) -> tuple[str, list[str]]:
     """The panel's rules, noiseless: (verdict, reasons)."""
-    reasons = []
+    reasons = ["unsuitable"] if f.get("truncated") else []
     if f["gap"] > r.float_gap or f["edge"] < r.edge:
         reasons.append("space_mismatch")
     if f["scale"] < r.small or f["scale"] > r.large:
@@ -151,7 +153,8 @@ def sample_features(cfg: PanelConfig) -> dict[str, dict]:
     batch_dir = Path(cfg.shards) / cfg.batch_id
     out = {}
     for row in shards.read_sidecars(batch_dir).to_pylist():
-        out[row["key"]] = features(_member(batch_dir, row, "image", "RGB"), _member(batch_dir, row, "product", "RGBA"))
+        f = features(_member(batch_dir, row, "image", "RGB"), _member(batch_dir, row, "product", "RGBA"))
+        out[row["key"]] = {**f, "truncated": row["product_truncated"]}
     return out
 
 

@@ -35,8 +35,8 @@ def fake_batch(root: Path, batch: str, n: int) -> Path:
     keys = []
     for i in range(n):
         key = f"{batch}-p{i:05d}-studio-s{i}"
-        recipe = {f.name: i if f.arrow == pa.int64() else 0.7 if f.arrow == pa.float64() else f"v{i}"
-                  for f in schema.RECIPE}
+        recipe = {f.name: i if f.arrow == pa.int64() else 0.7 if f.arrow == pa.float64()
+                  else False if f.arrow == pa.bool_() else f"v{i}" for f in schema.RECIPE}
         recipe.update(key=key, title=f"product {i}", prompt="a product on a podium")
         w.write(key, {m.wds_name: png for m in schema.MEMBERS}, recipe)
         keys.append(key)

@@ -31,8 +31,8 @@ def make_batch(root: Path, n: int) -> None:
     cons = []
     for i in range(n):
         key = f"b-p{i // 8:06d}-studio-s{i}"
-        recipe = {f.name: i if f.arrow == pa.int64() else 0.7 if f.arrow == pa.float64() else f"v{i}"
-                  for f in schema.RECIPE}
+        recipe = {f.name: i if f.arrow == pa.int64() else 0.7 if f.arrow == pa.float64()
+                  else False if f.arrow == pa.bool_() else f"v{i}" for f in schema.RECIPE}
         recipe.update(key=key, product_id=f"p{i // 8:06d}", category=f"c{i % 5}",
                       created_at="2026-11-29T00:00:00+00:00")
         w.write(key, {m.wds_name: png for m in schema.MEMBERS}, recipe)

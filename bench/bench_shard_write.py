@@ -23,7 +23,7 @@ def payload(n: int, rng) -> list[tuple[str, dict, dict]]:
     for i in range(n):
         members = {m.wds_name: rng.bytes(int(rng.integers(3000, 12000))) for m in schema.MEMBERS}
         recipe = {f.name: (i if f.arrow == schema.pa.int64() else 0.7 if f.arrow == schema.pa.float64()
-                           else f"value-{i}") for f in schema.RECIPE}
+                           else False if f.arrow == schema.pa.bool_() else f"value-{i}") for f in schema.RECIPE}
         recipe["key"] = f"bench-{i:06d}"
         out.append((recipe["key"], members, recipe))
     return out

@@ -167,7 +167,8 @@ def run_job(job: dict, progress=None) -> dict:
                 prod, prompt = job["products"][s["product_id"]], prompts[s["prompt_id"]]
                 recipe = {
                     "key": s["key"], "batch_id": cfg.batch_id, "product_id": s["product_id"],
-                    "title": prod["title"], "category": prod["category"], "prompt_id": prompt.id,
+                    "title": prod["title"], "category": prod["category"],
+                    "product_truncated": prod["truncated"], "prompt_id": prompt.id,
                     "prompt": prompt.prompt, "negative_prompt": prompt.negative, "seed": s["seed"],
                     "scale": c.layout.scale, "offset_x": c.layout.offset_x, "offset_y": c.layout.offset_y,
                     "size": cfg.layout.size, "base_model": cfg.base_model,
@@ -194,7 +195,7 @@ def run(cfg: GenerateConfig) -> dict:
     if not products:
         raise ValueError(f"no products in {cfg.products}: run the products stage first")
     root = Path(cfg.products)
-    by_id = {p["product_id"]: {"title": p["title"], "category": p["category"],
+    by_id = {p["product_id"]: {"title": p["title"], "category": p["category"], "truncated": p["truncated"],
                                "path": str(root / p["image"]), "sha": _file_sha(root / p["image"])}
              for p in products}
     revision = model_revision(cfg.base_model, cfg.controlnet_model, cfg.revision)

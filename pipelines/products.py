@@ -2,8 +2,12 @@
 
 Output, under `out` (default `data/products`):
   images/<product_id>.png   the product as RGBA, alpha = product
-  products.parquet          product_id, title, category, source, image, width, height
+  products.parquet          product_id, title, category, source, image, width, height, truncated
   quarantine.jsonl          every file refused, with its reason
+
+`truncated`: the product runs into the photo's own frame (some border row or column of the alpha is
+at least `truncation` opaque), i.e. the photo cut it off. Such products are kept (a person decides
+whether they are `unsuitable`), and the flag travels into every sample's recipe.
 
 Background removal for images without alpha (documented rule): the background colour is the median
 of the 1-px border; the border must be plain (median absolute deviation <= `bg_tolerance`); pixels
@@ -43,6 +47,8 @@ class ProductsConfig:
     min_side: int = 32
     max_pixels: int = 40_000_000
     bg_tolerance: int = 24
+    truncation: float = 0.25
+    truncated_every: int = 9  # synthetic: every Nth product is drawn cut off by the frame (0: none)
     out: str = "data/products"
 
 
@@ -120,7 +126,20 @@ def synthetic_products(cfg: ProductsConfig):
         colour = colours[int(rng.integers(len(colours)))]
         brand = BRANDS[int(rng.integers(len(BRANDS)))]
         rgba = _draw(kind, COLOURS[colour], rng, cfg.size)
+        while truncated(rgba[..., 3], 0.0):  # a drawing that reaches the frame: shrink it into a margin
+            pad = cfg.size // 8
+            rgba = np.asarray(Image.fromarray(np.pad(rgba, ((pad, pad), (pad, pad), (0, 0))), "RGBA")
+                              .resize((cfg.size, cfg.size), Image.LANCZOS))
+        if cfg.truncated_every and i % cfg.truncated_every == cfg.truncated_every - 1:
+            rgba = np.roll(rgba, cfg.size // 3, axis=0)  # slide down: the bottom leaves the frame ...
+            rgba[: cfg.size // 3] = 0  # ... and does not come back at the top
         yield f"p{i:05d}", f"{brand} {colour} {kind}", KINDS[kind], rgba
+
+
+def truncated(alpha: np.ndarray, share: float) -> bool:
+    """The product touches the photo's frame along more than `share` of some side."""
+    opaque = alpha > 127
+    return any(edge.mean() > share for edge in (opaque[0], opaque[-1], opaque[:, 0], opaque[:, -1]))
 
 
 # ---------------------------------------------------------------- product folders
@@ -244,10 +263,11 @@ def run(cfg: ProductsConfig) -> dict:
             tmp.write_bytes(buf.getvalue())
             tmp.replace(target)
         rows.append({"product_id": pid, "title": unicodedata.normalize("NFC", title), "category": category,
-                     "source": source, "image": rel, "width": rgba.shape[1], "height": rgba.shape[0]})
+                     "source": source, "image": rel, "width": rgba.shape[1], "height": rgba.shape[0],
+                     "truncated": truncated(rgba[..., 3], cfg.truncation)})
     table = pa.Table.from_pylist(rows, schema=pa.schema([
         ("product_id", pa.string()), ("title", pa.string()), ("category", pa.string()), ("source", pa.string()),
-        ("image", pa.string()), ("width", pa.int64()), ("height", pa.int64())]))
+        ("image", pa.string()), ("width", pa.int64()), ("height", pa.int64()), ("truncated", pa.bool_())]))
     pq.write_table(table, out / "products.parquet.tmp")
     (out / "products.parquet.tmp").replace(out / "products.parquet")
     (out / "quarantine.jsonl").write_text(to_jsonl(rejected), encoding="utf-8")

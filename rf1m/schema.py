@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,7 @@ RECIPE = (
     Field("product_id", pa.string(), "product in the products table"),
     Field("title", pa.string(), "product title (caption input of RFNet)"),
     Field("category", pa.string(), "product category"),
+    Field("product_truncated", pa.bool_(), "the product photo cuts the product off at its frame"),
     Field("prompt_id", pa.string(), "prompt preset id"),
     Field("prompt", pa.string(), "positive prompt"),
     Field("negative_prompt", pa.string(), "negative prompt"),
@@ -152,6 +153,6 @@ def hf_features():
     """`datasets.Features` of a sample as the `webdataset` builder yields it (columns = member names)."""
     from datasets import Features, Image, Value
 
-    arrow_to_hf = {pa.string(): "string", pa.int64(): "int64", pa.float64(): "float64"}
+    arrow_to_hf = {pa.string(): "string", pa.int64(): "int64", pa.float64(): "float64", pa.bool_(): "bool"}
     recipe = {f.name: Value(arrow_to_hf[f.arrow]) for f in RECIPE}
     return Features({**{m.wds_name: Image() for m in MEMBERS}, RECIPE_MEMBER: recipe})

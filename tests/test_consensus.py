@@ -62,3 +62,14 @@ def test_gold_accuracy():
     acc = gold_accuracy(rows, gold)
     assert acc["a"] == {"gold_tasks": 2, "accuracy": 1.0, "reason_jaccard": pytest.approx((0.5 + 1.0) / 2)}
     assert acc["b"]["accuracy"] == 0.0
+
+
+def test_panel_rules_cover_every_reason():
+    from annotation.panel import Rules, judge
+
+    ok = {"scale": 0.74, "gap": 0.13, "edge": 0.1, "contrast": 80.0, "busy": 30.0, "halo": 1.0, "truncated": False}
+    assert judge(ok, Rules()) == ("available", [])
+    cases = {"unsuitable": {"truncated": True}, "space_mismatch": {"gap": 0.4}, "size_mismatch": {"scale": 0.5},
+             "indistinctiveness": {"contrast": 20.0}, "shape_hallucination": {"halo": 0.8}}
+    for reason, change in cases.items():
+        assert judge({**ok, **change}, Rules()) == ("not_available", [reason])

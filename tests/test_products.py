@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipelines.products import ProductsConfig, run, synthetic_products
+from pipelines.products import ProductsConfig, run, synthetic_products, truncated
 
 
 def rgba_product(path: Path, size=64):
@@ -88,3 +88,11 @@ def test_synthetic_catalog_is_deterministic_by_seed():
     assert all(np.array_equal(x[3], y[3]) for x, y in zip(a, b))
     assert any(not np.array_equal(x[3], y[3]) for x, y in zip(a, c))
     assert all(x[3][..., 3].any() for x in a)
+
+
+def test_products_cut_off_by_the_frame_are_flagged(tmp_path):
+    run(ProductsConfig(count=9, size=64, truncated_every=3, out=str(tmp_path)))
+    rows = pq.read_table(tmp_path / "products.parquet").to_pylist()
+    assert [r["truncated"] for r in rows] == [False, False, True] * 3
+    assert truncated(np.pad(np.full((10, 10), 255, np.uint8), ((5, 0), (5, 5))), 0.25)  # runs off the bottom
+    assert not truncated(np.pad(np.full((10, 10), 255, np.uint8), 5), 0.25)

@@ -7,8 +7,8 @@ from rf1m import schema, shards
 
 
 def recipe(i):
-    r = {f.name: i if pa.types.is_int64(f.arrow) else 0.5 if pa.types.is_float64(f.arrow) else f"v{i}"
-         for f in schema.RECIPE}
+    r = {f.name: i if pa.types.is_int64(f.arrow) else 0.5 if pa.types.is_float64(f.arrow)
+         else False if pa.types.is_boolean(f.arrow) else f"v{i}" for f in schema.RECIPE}
     r["key"] = f"k{i}"
     return r
 
