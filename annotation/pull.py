@@ -24,7 +24,7 @@ from annotation.panel import DOMAIN
 from annotation.push import find_project
 from rf1m import schema
 from rf1m.quarantine import Record, to_jsonl
-from rf1m.shards import write_json_atomic
+from rf1m.shards import commit_file, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def run(cfg: PullConfig, client: Client | None = None) -> dict:
     rows.sort(key=lambda r: r["annotation_id"])
     tmp = labels_file.with_name(labels_file.name + ".tmp")
     pq.write_table(pa.Table.from_pylist(rows, schema=schema.labels_schema()), tmp)
-    tmp.replace(labels_file)
+    commit_file(tmp, labels_file)  # fsync + rename: on disk before the watermark may move
     qfile = out / "quarantine.jsonl"
     seen = {json.loads(line)["item"] for line in qfile.read_text().splitlines()} if qfile.exists() else set()
     with open(qfile, "a", encoding="utf-8") as f:

@@ -12,7 +12,7 @@ cloud storage instead (S3/GCS import storage with the same relative paths).
 from __future__ import annotations
 
 import random
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,10 +126,10 @@ def build_tasks(cfg: PushConfig) -> tuple[list[dict], list]:
             task["predictions"] = [{"model_version": p["model_version"], "score": p["score"],
                                     "result": choice_result(p["verdict"], p["reasons"])}]
         tasks.append(task)
-    n_gold = min(len(gold), round(cfg.gold_rate * len(rows)))
-    for key in random.Random(cfg.seed).sample(sorted(gold), n_gold):
-        base = next(t for t in tasks if t["data"]["key"] == key)["data"]
-        tasks.append({"data": {**base, "task_key": f"gold-{key}", "gold": True}})
+    by_key = {t["data"]["key"]: t["data"] for t in tasks}
+    known = sorted(k for k in gold if k in by_key)
+    for key in random.Random(cfg.seed).sample(known, min(len(known), round(cfg.gold_rate * len(rows)))):
+        tasks.append({"data": {**by_key[key], "task_key": f"gold-{key}", "gold": True}})
     return tasks, jobs
 
 
@@ -161,12 +161,10 @@ def run(cfg: PushConfig, client: Client | None = None) -> dict:
     tasks, media_jobs = build_tasks(cfg)
     project, created = ensure_project(client, cfg)
     # Label Studio fetches images only when a task is opened: write them while the import runs
-    writer = threading.Thread(target=extract_media, args=(media_jobs,))
-    writer.start()
-    try:
+    with ThreadPoolExecutor(1) as pool:
+        media = pool.submit(extract_media, media_jobs)
         imported = import_tasks(client, project["id"], tasks, cfg.chunk, new=created)
-    finally:
-        writer.join()
+        media.result()  # a failed write (disk full, ...) fails the push
     n_gold = sum(t["data"]["gold"] for t in tasks)
     return {"project_id": project["id"], "url": f"{client.url}/projects/{project['id']}/data",
             "tasks": len(tasks), "samples": len(tasks) - n_gold, "gold": n_gold, "imported_now": imported,

@@ -28,7 +28,7 @@ from rf1m import schema
 TMP = ".tmp"
 
 
-def _replace(tmp: Path, final: Path, durable: bool = True) -> None:
+def commit_file(tmp: Path, final: Path, durable: bool = True) -> None:
     """Rename a finished file into place. A killed process can never leave a half file under the final
     name; `durable` adds an fsync first so that a power cut cannot either (it costs ~15% on big tars)."""
     if durable:
@@ -41,7 +41,7 @@ def write_json_atomic(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + TMP)
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False, default=str))
-    _replace(tmp, path)
+    commit_file(tmp, path)
 
 
 class ShardWriter:
@@ -93,8 +93,8 @@ class ShardWriter:
         sidecar = self._path.with_suffix(".parquet")
         sidecar_tmp = sidecar.with_name(sidecar.name + TMP)
         pq.write_table(pa.Table.from_pylist(self._rows, schema=schema.sidecar_schema()), sidecar_tmp)
-        _replace(self._tmp, self._path, self.durable)
-        _replace(sidecar_tmp, sidecar, self.durable)
+        commit_file(self._tmp, self._path, self.durable)
+        commit_file(sidecar_tmp, sidecar, self.durable)
         self.parts.append({"tar": self._path.name, "count": len(self._rows),
                            "bytes": self._path.stat().st_size})
         self._tar = None

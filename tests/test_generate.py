@@ -101,3 +101,16 @@ def test_sigkill_mid_run_then_rerun_gives_every_sample_once(tmp_path, tiny_model
     counts = keys_in(batch)
     assert len(counts) == 6 and set(counts.values()) == {1}
     assert not list(batch.glob("*.tmp"))
+
+
+def test_process_pool_engine_writes_the_same_samples(tmp_path, tiny_model):
+    products.run(products.ProductsConfig(count=2, size=96, out=str(tmp_path / "products")))
+    pooled = generate.run(small_config(tmp_path, tiny_model, seeds=2, workers=2, batch_id="pool"))
+    serial = generate.run(small_config(tmp_path, tiny_model, seeds=2, batch_id="serial"))
+    assert pooled["shards"] == serial["shards"] == 2
+
+    def recipes(batch):
+        rows = shards.read_sidecars(tmp_path / "shards" / batch).to_pylist()
+        return sorted((r["product_id"], r["seed"], r["scale"], r["offset_x"]) for r in rows)
+
+    assert recipes("pool") == recipes("serial")
