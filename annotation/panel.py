@@ -60,7 +60,7 @@ class PanelConfig:
     shards: str = "data/shards"
     annotators: int = 4
     rules: Rules = Rules()
-    jitter: float = 0.08
+    jitter: float = 0.05
     flip: float = 0.06
     miss: float = 0.15
     seed: int = 0
