@@ -35,7 +35,7 @@ class PushConfig:
     gold_rate: float = 0.05  # gold tasks per sample
     overlap_fraction: float = 0.3  # share of tasks that get >= 2 annotators
     overlap: int = 2
-    chunk: int = 500
+    chunk: int = 1000
     seed: int = 0
 
 

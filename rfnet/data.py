@@ -10,6 +10,8 @@ mismatch) and no colour change (it could fake or hide indistinctiveness).
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from PIL import Image
@@ -65,16 +67,28 @@ class ReleaseSplit(torch.utils.data.Dataset):
 
     def __init__(self, version: str, split: str, root: str, size: int, augment: bool = False,
                  cache_dir: str | None = None):
+        """`split` may join splits, as `datasets` does: "train+validation+test"."""
         from rf1m.release import load
 
         self.ds = load(version, split=split, root=root, cache_dir=cache_dir)
         self.size, self.augment = size, augment
-        self.rows, self.targets = [], []
-        for i, (label, info) in enumerate(zip(self.ds["label.cls"], self.ds["labels.json"])):
+        self.rows, self.targets, self.products = [], [], []
+        for i, (label, info, recipe) in enumerate(zip(self.ds["label.cls"], self.ds["labels.json"],
+                                                      self.ds["recipe.json"])):
             t = target(schema.VERDICTS[label], [schema.REASON_NAMES[r] for r in info["reasons"]])
             if t is not None:
                 self.rows.append(i)
                 self.targets.append(t)
+                self.products.append(recipe["product_id"])
+
+    def subset(self, keep: list[int], augment: bool | None = None) -> ReleaseSplit:
+        """The same data restricted to positions `keep` (cross-validation folds)."""
+        other = copy.copy(self)
+        other.rows = [self.rows[i] for i in keep]
+        other.targets = [self.targets[i] for i in keep]
+        other.products = [self.products[i] for i in keep]
+        other.augment = self.augment if augment is None else augment
+        return other
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -58,12 +58,16 @@ def _loader(ds, cfg: TrainConfig, epoch: int | None):
                                        collate_fn=collate)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, data: tuple | None = None) -> dict:
+    """Train on the release's train split, validating on its validation split (or on `data`:
+    a (train, validation) pair of ReleaseSplit, e.g. cross-validation folds)."""
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     size = cfg.model.image_size
-    train_ds = ReleaseSplit(cfg.release, "train", cfg.releases, size, cfg.augment, cfg.cache_dir)
-    val_ds = ReleaseSplit(cfg.release, "validation", cfg.releases, size, False, cfg.cache_dir)
+    if data is None:
+        data = (ReleaseSplit(cfg.release, "train", cfg.releases, size, cfg.augment, cfg.cache_dir),
+                ReleaseSplit(cfg.release, "validation", cfg.releases, size, False, cfg.cache_dir))
+    train_ds, val_ds = data
     if not len(train_ds):
         raise ValueError(f"release {cfg.release} has no trainable sample in its train split")
     model = RFNet(cfg.model)
