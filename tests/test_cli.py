@@ -11,7 +11,9 @@ def rf1m(*args, cwd=None):
 
 
 @pytest.mark.parametrize("cmd", [[], ["products"], ["models", "tiny"], ["generate"], ["catalog", "query"],
-                                 ["catalog", "snapshot"]])
+                                 ["catalog", "snapshot"], ["labelstudio"], ["annotate", "push"], ["annotate", "gold"],
+                                 ["annotate", "simulate"], ["annotate", "pull"], ["annotate", "consensus"],
+                                 ["annotate", "ml-backend"], ["release"], ["rfnet"], ["prelabel"]])
 def test_every_subcommand_has_help(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args([*cmd, "--help"])
@@ -26,6 +28,9 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys):
         (["products", "--source", str(tmp_path / "nope")], "is not a folder"),
         (["catalog", "query", "SELEC 1", "--data", str(tmp_path)], "syntax error"),
         (["--params", str(tmp_path / "p2.yaml"), "generate", "--batch-id", "a.b"], "batch_id"),
+        (["--params", str(tmp_path / "p2.yaml"), "release", "verify", "v9"], "no release v9"),
+        (["--params", str(tmp_path / "p2.yaml"), "release", "diff", "v1"], "needs two versions"),
+        (["--params", str(tmp_path / "p2.yaml"), "rfnet", "train", "--drop", "caption"], "--out"),
     ]
     for argv, expected in cases:
         assert main(argv) == 2
