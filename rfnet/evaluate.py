@@ -1,6 +1,7 @@
 """The paper's metrics and the ones a quality lead needs, from probabilities and soft targets.
 
-`available` is the positive class: precision, recall, F1 at a threshold, and average precision (AP);
+`available` is the positive class: precision, recall and F1 of the head's decision (available is the
+argmax of the five classes, or p(available) >= a given threshold), and average precision (AP);
 accuracy and per-class precision/recall of the argmax; the confusion matrix; the precision-recall
 curve; calibration (expected calibration error over 10 bins); the lowest threshold that reaches a
 target precision (cyclic generation resamples until RFNet's p(available) passes it).
@@ -70,10 +71,11 @@ def calibration(y: np.ndarray, s: np.ndarray, bins: int = 10) -> dict:
     return {"ece": float(ece), "bins": rows}
 
 
-def metrics(probs: np.ndarray, targets: np.ndarray, threshold: float = 0.5, target_precision: float = 0.9) -> dict:
+def metrics(probs: np.ndarray, targets: np.ndarray, threshold: float | None = None,
+            target_precision: float = 0.9) -> dict:
     y = targets[:, 0] > 0.5
     s = probs[:, 0]
-    pred = s >= threshold
+    pred = probs.argmax(1) == 0 if threshold is None else s >= threshold
     tp, fp, fn = float((pred & y).sum()), float((pred & ~y).sum()), float((~pred & y).sum())
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
@@ -90,7 +92,7 @@ def metrics(probs: np.ndarray, targets: np.ndarray, threshold: float = 0.5, targ
         "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
         "ap": average_precision(y, s), "accuracy": float((truth == guess).mean()) if len(y) else None,
         "per_class": per_class, "confusion": {"classes": list(CLASSES), "matrix": conf.tolist()},
-        "calibration": calibration(y, s), "threshold": threshold,
+        "calibration": calibration(y, s), "decision": "argmax" if threshold is None else f"p >= {threshold}",
         f"threshold_at_precision_{target_precision}": threshold_for_precision(y, s, target_precision),
     }
 

@@ -32,7 +32,7 @@ class TrainConfig:
     out: str = "models/rfnet"
     epochs: int = 10
     batch_size: int = 16
-    lr: float = 1e-4
+    lr: float = 1e-3  # the paper: 1e-4, fine-tuning everything; only the fusion trains here (frozen backbones)
     lr_drop_at: float = 0.5  # fraction of the epochs after which lr is divided by 10 (the paper: epoch 5 of 10)
     weight_decay: float = 0.01
     augment: bool = True
@@ -47,8 +47,10 @@ def soft_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) ->
 
 
 def class_weights(targets: list[torch.Tensor]) -> torch.Tensor:
+    """Square root of inverse class frequency: rare failures count more, without drowning `available`."""
     counts = torch.stack(targets).sum(0)
     w = torch.where(counts > 0, counts.sum() / (len(CLASSES) * counts.clamp(min=1e-6)), torch.zeros_like(counts))
+    w = w.sqrt()
     return w / w[counts > 0].mean()
 
 
