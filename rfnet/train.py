@@ -72,15 +72,13 @@ def train(cfg: TrainConfig, resume: bool = False, data: tuple | None = None) -> 
     train_ds, val_ds = data
     if not len(train_ds):
         raise ValueError(f"release {cfg.release} has no trainable sample in its train split")
-    model = RFNet(cfg.model)
     weight = class_weights(train_ds.targets)
+    resuming = resume and (out / "last").exists()
+    model, meta = checkpoint.load(out / "last") if resuming else (RFNet(cfg.model), None)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     start, step, history, best = 0, 0, [], -math.inf
-    if resume and (out / "last").exists():
-        model, meta = checkpoint.load(out / "last")
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                weight_decay=cfg.weight_decay)
+    if resuming:
         checkpoint.load_optimizer(out / "last", opt)
         start, step, history = meta["state"]["epoch"] + 1, meta["state"]["step"], meta["state"]["history"]
         best = max((h["val_ap"] for h in history if not math.isnan(h["val_ap"])), default=-math.inf)
