@@ -20,8 +20,13 @@ from pathlib import Path
 import duckdb
 
 
-def _sql_str(path: Path | str) -> str:
+def _quote(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
+
+
+def _files(paths: list[Path]) -> str:
+    """A DuckDB list literal of file paths."""
+    return "[" + ", ".join(map(_quote, paths)) + "]"
 
 
 class Catalog:
@@ -31,46 +36,30 @@ class Catalog:
         self.con = duckdb.connect()
         self._define_views()
 
+    def _view(self, name: str, paths: list[Path], select: str, empty: str) -> None:
+        """`select` over the files when there are any (`{files}` is their list), else an empty view."""
+        sql = select.format(files=_files(paths)) if paths else f"SELECT {empty} WHERE false"
+        self.con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+
     def _define_views(self) -> None:
-        shards = self.root / "shards"
-        sidecars = sorted(shards.glob("*/*.parquet"))
-        if sidecars:
-            files = "[" + ", ".join(_sql_str(f) for f in sidecars) + "]"
-            self.con.execute(
-                f"CREATE OR REPLACE VIEW samples AS SELECT *, "
-                f"parse_dirpath(filename) AS batch_dir FROM read_parquet({files}, filename=true)"
-            )
-        else:
-            self.con.execute(
-                "CREATE OR REPLACE VIEW samples AS SELECT NULL::VARCHAR AS key, NULL::VARCHAR AS batch_id,"
-                " NULL::VARCHAR AS product_id, NULL::VARCHAR AS prompt_id WHERE false"
-            )
-        products = self.root / "products" / "products.parquet"
-        if products.exists():
-            self.con.execute(f"CREATE OR REPLACE VIEW products AS SELECT * FROM read_parquet({_sql_str(products)})")
-        labels = sorted((self.root / "labels").glob("*/labels.parquet"))
-        if labels:
-            files = "[" + ", ".join(_sql_str(f) for f in labels) + "]"
-            self.con.execute(f"CREATE OR REPLACE VIEW labels AS SELECT * FROM read_parquet({files})")
-        released = sorted(self.releases.glob("*/labels/*.parquet"))
-        if released:
-            files = "[" + ", ".join(_sql_str(f) for f in released) + "]"
-            self.con.execute(
-                "CREATE OR REPLACE VIEW releases AS SELECT regexp_extract(filename, '([^/]+)/labels/[^/]+$', 1) AS version, "
-                f"* EXCLUDE (filename) FROM read_parquet({files}, filename=true)")
+        shards, labels = self.root / "shards", self.root / "labels"
+        self._view("samples", sorted(shards.glob("*/*.parquet")),
+                   "SELECT *, parse_dirpath(filename) AS batch_dir FROM read_parquet({files}, filename=true)",
+                   "NULL::VARCHAR AS key, NULL::VARCHAR AS batch_id, NULL::VARCHAR AS product_id, "
+                   "NULL::VARCHAR AS prompt_id")
+        self._view("products", [p for p in [self.root / "products" / "products.parquet"] if p.exists()],
+                   "SELECT * FROM read_parquet({files})", "NULL::VARCHAR AS product_id")
+        self._view("labels", sorted(labels.glob("*/labels.parquet")), "SELECT * FROM read_parquet({files})",
+                   "NULL::VARCHAR AS key, NULL::VARCHAR AS annotator, NULL::VARCHAR AS verdict")
+        self._view("releases", sorted(self.releases.glob("*/labels/*.parquet")),
+                   "SELECT regexp_extract(filename, '([^/]+)/labels/[^/]+$', 1) AS version, "
+                   "* EXCLUDE (filename) FROM read_parquet({files}, filename=true)",
+                   "NULL::VARCHAR AS version, NULL::VARCHAR AS key, NULL::VARCHAR AS split")
         candidates = [self.root / "products" / "quarantine.jsonl", *sorted(shards.glob("*/quarantine.jsonl")),
-                      *sorted((self.root / "labels").glob("*/quarantine.jsonl"))]
-        quarantine = [p for p in candidates if p.exists() and p.stat().st_size > 0]
-        if quarantine:
-            files = "[" + ", ".join(_sql_str(f) for f in quarantine) + "]"
-            self.con.execute(
-                f"CREATE OR REPLACE VIEW quarantine AS SELECT * FROM read_json_auto({files}, union_by_name=true)"
-            )
-        else:
-            self.con.execute(
-                "CREATE OR REPLACE VIEW quarantine AS SELECT NULL::VARCHAR AS stage, NULL::VARCHAR AS item,"
-                " NULL::VARCHAR AS reason, NULL::VARCHAR AS detail WHERE false"
-            )
+                      *sorted(labels.glob("*/quarantine.jsonl"))]
+        self._view("quarantine", [p for p in candidates if p.exists() and p.stat().st_size > 0],
+                   "SELECT * FROM read_json_auto({files}, union_by_name=true)",
+                   "NULL::VARCHAR AS stage, NULL::VARCHAR AS item, NULL::VARCHAR AS reason, NULL::VARCHAR AS detail")
 
     def query(self, sql: str):
         """Run SQL against the views; returns a pyarrow Table."""
@@ -91,7 +80,7 @@ class Catalog:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         tmp.unlink(missing_ok=True)
-        self.con.execute(f"ATTACH {_sql_str(tmp)} AS snap")
+        self.con.execute(f"ATTACH {_quote(tmp)} AS snap")
         views = [r[0] for r in self.con.execute(
             "SELECT view_name FROM duckdb_views() WHERE NOT internal AND database_name = 'memory'").fetchall()]
         for v in views:

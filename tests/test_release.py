@@ -138,3 +138,14 @@ def test_dvc_push_and_pull_restore_a_release_bit_identical(released, tmp_path):
                 if p.is_file()}
 
     assert digest(clone / "releases" / "v0.1") == digest(Path(cfg.out) / "v0.1")
+
+
+def test_catalog_says_which_sample_is_in_which_release(released, small_batch):
+    from rf1m.catalog import Catalog
+
+    root, cfg, keys = released
+    rows = Catalog(small_batch[0], releases=cfg.out).query(
+        "SELECT version, split, count(*) AS n FROM releases WHERE version = 'v0.1' GROUP BY ALL").to_pylist()
+    assert sum(r["n"] for r in rows) == len(keys) and {r["split"] for r in rows} == set(release.SPLITS)
+    empty = Catalog(root / "nothing", releases=root / "nothing").query("SELECT count(*) AS n FROM releases")
+    assert empty.to_pylist() == [{"n": 0}]
