@@ -4,9 +4,18 @@
   publishable), confidence = share of the votes.
 - Dawid-Skene (EM over per-annotator confusion matrices, initialised from the majority) on the
   verdict; its posterior is the sample's confidence, and it is the consensus verdict.
+- A sample whose votes tie, or where Dawid-Skene overrules a strict majority, is `undecided`: its
+  verdict is the conservative not_available, and the release policy leaves it out by default. A 1-1
+  tie settled by Dawid-Skene is a coin flip (posterior 0.5) or rests on annotator estimates that few
+  shared items cannot support; as a training label it is noise. It needs another judgement instead.
 - Reasons: those picked by at least half of the annotators who said not_available.
 - Agreement: Cohen's kappa for every annotator pair (on their shared samples) and Krippendorff's
-  alpha (nominal) over all samples with >= 2 judgements.
+  alpha (nominal) over all samples with >= 2 judgements; each is None, with the reason, when it is
+  undefined (no variation to agree on), because 1.0 would claim agreement nobody measured.
+- Dawid-Skene's per-annotator estimates come with the number of items the annotator shares with
+  someone else: on items judged alone, EM only learns that the annotator agrees with itself, so with
+  few shared items the accuracy drifts towards 1 (0.99 for a true 0.90). Below `min_shared_items`
+  they are marked unreliable.
 - Annotator accuracy on gold tasks, against `<labels>/<batch>/gold.parquet`.
 Gold tasks never enter the consensus: they are exams, not data.
 """
@@ -61,16 +70,21 @@ def dawid_skene(items: list[list[tuple[str, int]]], k: int, iters: int = 100, to
     return post, {a: conf[aidx[a]] for a in annotators}, prior
 
 
-def cohen_kappa(a: list[str], b: list[str]) -> float:
+def cohen_kappa(a: list[str], b: list[str]) -> tuple[float | None, str | None]:
+    """(kappa, None), or (None, why) when it is undefined."""
     n = len(a)
     cats = sorted(set(a) | set(b))
     po = sum(x == y for x, y in zip(a, b)) / n
     pe = sum((a.count(c) / n) * (b.count(c) / n) for c in cats)
-    return 1.0 if pe == 1 else (po - pe) / (1 - pe)
+    if pe == 1:
+        return None, f"undefined: both gave {cats[0]} on every shared sample (expected agreement 1)"
+    return (po - pe) / (1 - pe), None
 
 
-def krippendorff_alpha(units: list[list[str]]) -> float:
-    """Nominal alpha; units with fewer than two values are not pairable and are left out."""
+def krippendorff_alpha(units: list[list[str]]) -> tuple[float | None, str | None]:
+    """Nominal alpha as (alpha, None), or (None, why) when it is undefined.
+
+    Units with fewer than two values are not pairable and are left out."""
     units = [u for u in units if len(u) >= 2]
     cats = sorted({v for u in units for v in u})
     idx = {c: i for i, c in enumerate(cats)}
@@ -83,19 +97,35 @@ def krippendorff_alpha(units: list[list[str]]) -> float:
     nc = o.sum(axis=1)
     n = nc.sum()
     if n <= 1:
-        return float("nan")
+        return None, "undefined: no sample has two judgements"
     do = (o.sum() - np.trace(o)) / n
     de = (n * n - (nc ** 2).sum()) / (n * (n - 1))
-    return 1.0 if de == 0 else float(1 - do / de)
+    if de == 0:
+        return None, f"undefined: every paired judgement is {cats[0]} (expected disagreement 0)"
+    return float(1 - do / de), None
 
 
 @dataclass(frozen=True)
 class ConsensusConfig:
     batch_id: str = "demo"
     labels: str = "data/labels"
+    min_shared_items: int = 20  # Dawid-Skene estimates of an annotator with fewer are marked unreliable
 
 
-def consensus(rows: list[dict]) -> tuple[list[dict], dict]:
+def decide(votes: Counter, ds_verdict: str) -> tuple[str, str]:
+    """(status, verdict): `undecided` and not_available when the votes tie or Dawid-Skene overrules them."""
+    top = max(votes.values())
+    if sum(v == top for v in votes.values()) > 1 or votes[ds_verdict] != top:
+        return "undecided", "not_available"
+    return "decided", ds_verdict
+
+
+def shared_items(items: list[list[tuple[str, int]]]) -> Counter:
+    """Per annotator: items on which someone else also judged, the only ones that tell EM anything."""
+    return Counter(a for it in items if len({b for b, _ in it}) > 1 for a in {b for b, _ in it})
+
+
+def consensus(rows: list[dict], min_shared_items: int = 20) -> tuple[list[dict], dict]:
     """rows: label rows of non-gold tasks. Returns (one row per sample, agreement figures)."""
     by_key: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
@@ -107,11 +137,15 @@ def consensus(rows: list[dict]) -> tuple[list[dict], dict]:
     for i, k in enumerate(keys):
         rs = by_key[k]
         maj, maj_conf = majority([r["verdict"] for r in rs])
-        ds = CLASSES[int(post[i].argmax())]
+        votes = Counter(r["verdict"] for r in rs)
+        status, verdict = decide(votes, CLASSES[int(post[i].argmax())])
         nays = [r for r in rs if r["verdict"] == "not_available"]
-        votes = Counter(x for r in nays for x in r["reasons"])
-        reasons = [x for x in schema.REASON_NAMES if nays and votes[x] * 2 >= len(nays)] if ds != "available" else []
-        out.append({"key": k, "verdict": ds, "reasons": reasons, "confidence": float(post[i].max()),
+        picked = Counter(x for r in nays for x in r["reasons"])
+        reasons = [x for x in schema.REASON_NAMES if nays and picked[x] * 2 >= len(nays)] \
+            if verdict != "available" else []
+        out.append({"key": k, "verdict": verdict, "reasons": reasons,
+                    "confidence": float(post[i][CLASSES.index(verdict)]), "status": status,
+                    **{f"votes_{c}": votes[c] for c in CLASSES},
                     "majority_verdict": maj, "majority_confidence": maj_conf, "n_annotators": len(rs),
                     "annotators": sorted(r["annotator"] for r in rs),
                     "source": "simulated" if all(r["source"] == "simulated" for r in rs) else "human"})
@@ -121,16 +155,21 @@ def consensus(rows: list[dict]) -> tuple[list[dict], dict]:
         shared = [(x, y) for k in keys for x in by_key[k] for y in by_key[k]
                   if x["annotator"] == a and y["annotator"] == b]
         if len(shared) >= 2:
-            pairs[f"{a} | {b}"] = {"n": len(shared), "kappa": cohen_kappa([x["verdict"] for x, _ in shared],
-                                                                        [y["verdict"] for _, y in shared])}
+            kappa, why = cohen_kappa([x["verdict"] for x, _ in shared], [y["verdict"] for _, y in shared])
+            pairs[f"{a} | {b}"] = {"n": len(shared), "kappa": kappa, **({"undefined": why} if why else {})}
+    alpha, alpha_why = krippendorff_alpha([[r["verdict"] for r in by_key[k]] for k in keys])
+    shared_n = shared_items(items)
     agreement = {
         "samples": len(keys), "judgements": len(rows),
+        "undecided": sum(o["status"] == "undecided" for o in out),
         "available_rate": float(np.mean([o["verdict"] == "available" for o in out])) if out else None,
         "reasons": dict(Counter(x for o in out for x in o["reasons"])),
-        "krippendorff_alpha": krippendorff_alpha([[r["verdict"] for r in by_key[k]] for k in keys]),
+        "krippendorff_alpha": alpha, **({"krippendorff_alpha_undefined": alpha_why} if alpha_why else {}),
         "cohen_kappa": pairs,
         "dawid_skene": {"prior_available": float(prior[0]) if len(prior) else None,
-                        "annotators": {a: {"sensitivity": float(c[0, 0]), "specificity": float(c[1, 1])}
+                        "min_shared_items": min_shared_items,
+                        "annotators": {a: {"sensitivity": float(c[0, 0]), "specificity": float(c[1, 1]),
+                                           "shared_items": shared_n[a], "reliable": shared_n[a] >= min_shared_items}
                                        for a, c in conf.items()}},
     }
     return out, agreement
@@ -151,7 +190,8 @@ def gold_accuracy(rows: list[dict], gold: dict[str, dict]) -> dict:
 
 CONSENSUS_SCHEMA = pa.schema([
     ("key", pa.string()), ("verdict", pa.string()), ("reasons", pa.list_(pa.string())),
-    ("confidence", pa.float64()), ("majority_verdict", pa.string()), ("majority_confidence", pa.float64()),
+    ("confidence", pa.float64()), ("status", pa.string()), *[(f"votes_{c}", pa.int64()) for c in CLASSES],
+    ("majority_verdict", pa.string()), ("majority_confidence", pa.float64()),
     ("n_annotators", pa.int64()), ("annotators", pa.list_(pa.string())), ("source", pa.string())])
 
 
@@ -161,7 +201,7 @@ def run(cfg: ConsensusConfig) -> dict:
     if not labels_file.exists():
         raise ValueError(f"no labels for batch {cfg.batch_id!r} in {d}: pull them first")
     rows = pq.read_table(labels_file).to_pylist()
-    out, agreement = consensus([r for r in rows if not r["gold"]])
+    out, agreement = consensus([r for r in rows if not r["gold"]], cfg.min_shared_items)
     gold_file = d / "gold.parquet"
     gold = {g["key"]: g for g in pq.read_table(gold_file).to_pylist()} if gold_file.exists() else {}
     agreement["gold_accuracy"] = gold_accuracy([r for r in rows if r["gold"]], gold)
@@ -169,4 +209,5 @@ def run(cfg: ConsensusConfig) -> dict:
     pq.write_table(pa.Table.from_pylist(out, schema=CONSENSUS_SCHEMA), tmp)
     tmp.replace(d / "consensus.parquet")
     write_json_atomic(d / "agreement.json", agreement)
-    return {k: agreement[k] for k in ("samples", "judgements", "available_rate", "krippendorff_alpha", "reasons")}
+    return {k: agreement[k] for k in ("samples", "judgements", "undecided", "available_rate", "krippendorff_alpha",
+                                      "reasons")}

@@ -5,8 +5,9 @@ order), POST /webhook (annotation events; acknowledged). Standard library only: 
 `label-studio-ml` SDK is not on PyPI and the PyPI one pins Flask 1.x.
 
 Predictors:
-  predictions:<file.parquet>  serves RFNet's predictions Parquet (key, model_version, p_<label>), the
-                              same file `annotate push` attaches to tasks
+  predictions:<file.parquet>  serves RFNet's predictions Parquet (key, model_version, threshold,
+                              p_<label>), the same file and the same decision (`rf1m.decision`) that
+                              `annotate push` attaches to tasks
   null                        until a model exists: answers every task with no prediction, so the
                               project works and annotators simply see no pre-label
 Connect it to a project with `rf1m annotate ml-backend --connect` (Label Studio must be allowed to

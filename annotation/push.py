@@ -22,6 +22,7 @@ from tqdm import tqdm
 from annotation.client import Client, LabelStudioUnavailable
 from annotation.config import choice_result, instructions, labeling_config
 from rf1m import schema, shards
+from rf1m.decision import decide
 
 
 @dataclass(frozen=True)
@@ -77,17 +78,18 @@ def existing_keys(client: Client, project_id: int) -> set[str]:
 
 
 def read_predictions(path: str | None) -> dict[str, dict]:
-    """key -> {model_version, score, verdict, reasons} from RFNet's predictions Parquet."""
+    """key -> {model_version, score, verdict, reasons} from RFNet's predictions Parquet.
+
+    The verdict is `rf1m.decision.decide` at the file's `threshold` (the checkpoint's validated one; files
+    without the column get the default), over the reasons the file has a p_<reason> column for: the
+    decision evaluation measured, not a copy of it."""
     if not path or not Path(path).exists():
         return {}
     out = {}
     for row in pq.read_table(path).to_pylist():
-        p_avail = row["p_available"]
-        fails = {r: row.get(f"p_{r}") or 0.0 for r in schema.REASON_NAMES}
-        # reasons the model is sure of; else its most likely one (a softmax head spreads mass over several)
-        reasons = [r for r, p in fails.items() if p >= 0.5] or [max(fails, key=fails.get)]
-        out[row["key"]] = {"model_version": row["model_version"], "score": float(p_avail),
-                           "verdict": "available" if p_avail >= 0.5 else "not_available", "reasons": reasons}
+        p_reasons = {r: row[f"p_{r}"] for r in schema.REASON_NAMES if row.get(f"p_{r}") is not None}
+        out[row["key"]] = {"model_version": row["model_version"],
+                           **decide(row["p_available"], p_reasons, row.get("threshold"))}
     return out
 
 

@@ -4,10 +4,15 @@ Label Studio pins Django, pyarrow<25 and its SDK exactly, so it lives in `.venv-
 project's venv; we talk to it over HTTP only. Credentials come from the environment (or a `.env`
 file); when none are set, `up` makes random ones and writes them to `.env` (mode 600). They are
 passed to the server through its environment, never on a command line, and never printed.
+
+`up` binds loopback only: Label Studio's admin login and API would otherwise face every network the
+machine is on, over plain HTTP. Other hosts reach it through a reverse proxy that terminates TLS;
+binding elsewhere takes an explicit `allow_remote_bind` (`--allow-remote-bind`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import signal
@@ -35,6 +40,7 @@ class ServerConfig:
     files_root: str = "data"  # the only folder Label Studio serves local files from
     db: str = "sqlite"  # or "postgresql" (POSTGRE_NAME/USER/PASSWORD/HOST/PORT from the environment)
     start_timeout: float = 300.0
+    allow_remote_bind: bool = False  # bind a non-loopback address (prefer a reverse proxy; see README)
 
     @property
     def port(self) -> int:
@@ -66,11 +72,15 @@ def credentials(dotenv: str | Path = ".env") -> dict[str, str]:
                       ("LABEL_STUDIO_API_KEY", lambda: secrets.token_hex(20))):
         if not os.environ.get(key):
             os.environ[key] = made[key] = make()
+    p = Path(dotenv)
     if made:
-        p = Path(dotenv)
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "a") as f:
             f.write("".join(f"{k}={v}\n" for k, v in made.items()))
+    if p.exists() and p.stat().st_mode & 0o077:  # O_CREAT's mode applies only to a file it creates
+        p.chmod(0o600)
+        print(f"{p}: made readable by its owner only (mode 600): it holds the Label Studio credentials",
+              file=sys.stderr)
     return {k: os.environ[k] for k in ("LABEL_STUDIO_USERNAME", "LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_API_KEY")}
 
 
@@ -104,8 +114,26 @@ def _port_free(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) != 0
 
 
+def is_loopback(host: str) -> bool:
+    """An address on the loopback interface; a name counts only if every address it resolves to does."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in infos)
+
+
 def up(cfg: ServerConfig) -> dict:
     """Start Label Studio (installing it first if needed) and wait until /health answers."""
+    if not cfg.allow_remote_bind and not is_loopback(cfg.host):
+        raise ValueError(f"refusing to bind Label Studio to {cfg.host} (from url {cfg.url}): not a loopback "
+                         "address, so its login and API would face the network over plain HTTP; keep 127.0.0.1 and "
+                         "put a reverse proxy with TLS in front (README), or pass --allow-remote-bind "
+                         "(params labelstudio.allow_remote_bind: true)")
     creds = credentials()
     if healthy(cfg.url):
         return {"url": cfg.url, "state": "already running"}

@@ -43,6 +43,12 @@ def _generate(a):
     return generate.run(params.load("generate", generate.GenerateConfig, a.params, _given(a, "batch_id")))
 
 
+def _regenerate(a):
+    from pipelines import regenerate
+
+    return regenerate.run(regenerate.RegenerateConfig(a.key, a.data, a.products, a.out))
+
+
 def _catalog_query(a):
     from rf1m.catalog import Catalog
 
@@ -78,6 +84,8 @@ def _ls_config(a):
 
     load_dotenv()
     over = {"url": os.environ["LABEL_STUDIO_URL"]} if os.environ.get("LABEL_STUDIO_URL") else {}
+    if getattr(a, "allow_remote_bind", False):
+        over["allow_remote_bind"] = True
     return params.load("labelstudio", ServerConfig, a.params, over)
 
 
@@ -219,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Read product images (RGBA, or a plain background that is removed) "
                        "or make the synthetic catalog; refused files go to quarantine.jsonl.")
     s.add_argument("--source", help="'synthetic' or a folder of product images (overrides params)")
-    s.add_argument("--metadata", help="CSV/JSON with file,title,category")
+    s.add_argument("--metadata", help="CSV/JSON with file (path, name or stem, any case; or a product_id column), "
+                   "title, category; matching nothing at all is an error")
     s.add_argument("--out", help="output folder (default from params: data/products)")
     s.set_defaults(fn=_products)
 
@@ -237,6 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "Resumable: finished shards are skipped, stale ones rebuilt.")
     g.add_argument("--batch-id", help="batch id (overrides params)")
     g.set_defaults(fn=_generate)
+
+    rg = sub.add_parser("regenerate", help="rebuild one sample from its recipe; print the largest pixel difference",
+                        description="Find KEY in the catalog, rebuild its image from recipe.json alone (product by "
+                        "id, checked against the recorded sha256; models at the recorded revision; layout, seed, "
+                        "sampler) and print the largest pixel difference from the stored image. Exits 2 when the "
+                        "key is unknown or the product or a model changed.")
+    rg.add_argument("key", help="sample key, e.g. demo-p0001-kitchen-s123")
+    rg.add_argument("--out", help="write the regenerated image to this PNG file")
+    rg.add_argument("--data", default="data", help="data root holding shards/ and products/ (default: %(default)s)")
+    rg.add_argument("--products", help="products folder (default: <data>/products)")
+    rg.set_defaults(fn=_regenerate)
 
     c = sub.add_parser("catalog", help="query the catalog (DuckDB over the shard sidecars)")
     csub = c.add_subparsers(dest="what", required=True)
@@ -259,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "come from LABEL_STUDIO_USERNAME / LABEL_STUDIO_PASSWORD / LABEL_STUDIO_API_KEY (or .env; "
                         "made up and saved to .env when unset).")
     ls.add_argument("action", choices=["install", "up", "down", "status"])
+    ls.add_argument("--allow-remote-bind", action="store_true",
+                    help="up: let a non-loopback url (e.g. 0.0.0.0) bind every interface; prefer a reverse proxy")
     ls.set_defaults(fn=_labelstudio)
 
     an = sub.add_parser("annotate", help="push batches to Label Studio, pull labels, consensus").add_subparsers(
@@ -288,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rel = sub.add_parser("release", help="compile, verify, diff and list immutable RF1M releases",
                          description="compile VERSION: consensus labels + shards -> releases/VERSION (refused if "
-                         "it exists); verify VERSION: recompute every sha256 of the manifest; diff OLD NEW: samples "
+                         "it exists; a product keeps its split from every earlier release; undecided samples are "
+                         "left out and counted, per params release.policy); verify VERSION: recompute every sha256 of the manifest; diff OLD NEW: samples "
                          "added, removed, relabelled; list: the releases.")
     rel.add_argument("action", choices=["compile", "verify", "diff", "list"])
     rel.add_argument("version", nargs="?", help="release version, e.g. v0.1 (compile: default from params)")

@@ -14,7 +14,7 @@ import hashlib
 import io
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipelines.aux_maps import AuxConfig, AuxMaps
-from pipelines.conditions import LayoutConfig, draw_layout, make_conditions, paste_back
+from pipelines.conditions import Conditions, LayoutConfig, draw_layout, make_conditions, paste_back
 from pipelines.engines import make_engine
 from pipelines.products import read_products
 from rf1m import schema, shards
@@ -53,11 +53,14 @@ class GenerateConfig:
     out: str = "data/shards"  # the batch lands in <out>/<batch_id>
     base_model: str = "models/tiny-sd-controlnet"  # or digiplay/majicMIX_realistic_v7
     controlnet_model: str | None = None  # None: the base folder holds it; or lllyasviel/control_v11p_sd15_canny
-    revision: str | None = None  # hub revision; local folders are content-hashed
+    revision: str | None = None  # hub revision (branch, tag or commit) of base_model; local folders are content-hashed
+    controlnet_revision: str | None = None  # the same for controlnet_model
     device: str = "auto"
     scheduler: str = "DDIMScheduler"
     steps: int = 8
     guidance: float = 7.5
+    eta: float = 0.0  # DDIM eta; 0 is deterministic
+    controlnet_scale: float = 0.5  # controlnet_conditioning_scale (diffusers' default for this pipeline)
     seeds: int = 2  # seeds per product x prompt
     seed: int = 0
     prompts: tuple[Prompt, ...] = DEFAULT_PROMPTS
@@ -107,14 +110,49 @@ def _file_sha(path: Path) -> str:
 _LOADED: dict = {}  # per process: the pipeline and aux models, loaded once per worker
 
 
-def _models(cfg: GenerateConfig):
+def _models(cfg: GenerateConfig, revisions: tuple[str | None, str | None] | None = None):
+    """The pipeline at `revisions` (base, ControlNet; resolved commits from `run`) and the aux models."""
     from pipelines.models import load_pipeline, pick_device
 
-    key = (cfg.base_model, cfg.controlnet_model, cfg.revision, cfg.device, cfg.scheduler, cfg.aux)
+    revisions = revisions or (cfg.revision, cfg.controlnet_revision)
+    key = (cfg.base_model, cfg.controlnet_model, revisions, cfg.device, cfg.scheduler, cfg.aux)
     if _LOADED.get("key") != key:
-        pipe = load_pipeline(cfg.base_model, cfg.controlnet_model, cfg.revision, cfg.device, cfg.scheduler)
+        pipe = load_pipeline(cfg.base_model, cfg.controlnet_model, revisions[0], cfg.device, cfg.scheduler,
+                             revisions[1])
         _LOADED.update(key=key, pipe=pipe, aux=AuxMaps(cfg.aux, pick_device(cfg.device)))
     return _LOADED["pipe"], _LOADED["aux"]
+
+
+def diffuse(pipe, cfg: GenerateConfig, prompts: list[Prompt], seeds: list[int],
+            conds: list[Conditions]) -> list[np.ndarray]:
+    """A batch's pixels, product pasted back: the one place generate and regenerate make them."""
+    import torch
+
+    out = pipe(
+        prompt=[p.prompt for p in prompts], negative_prompt=[p.negative for p in prompts],
+        image=[c.init_image() for c in conds], mask_image=[Image.fromarray(c.mask) for c in conds],
+        control_image=[c.control_image() for c in conds], height=cfg.layout.size, width=cfg.layout.size,
+        num_inference_steps=cfg.steps, guidance_scale=cfg.guidance, eta=cfg.eta,
+        controlnet_conditioning_scale=cfg.controlnet_scale,
+        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], output_type="np",
+    ).images
+    return [paste_back(np.round(o * 255).astype(np.uint8), c.product) for o, c in zip(out, conds)]
+
+
+def config_knobs(cfg: GenerateConfig) -> dict:
+    """The regeneration fields (rf1m.schema) named like a knob of the config or its layout, read by name."""
+    values = {**asdict(cfg.layout), **{f.name: getattr(cfg, f.name) for f in fields(cfg)}}
+    return {n: values[n] for n in schema.REGENERATE_NAMES if n in values}
+
+
+def batch_recipe(cfg: GenerateConfig, pipe, revisions: tuple[str, str]) -> dict:
+    """Recipe fields shared by every sample of a job; the per-sample ones are added in `run_job`."""
+    from pipelines.models import library_versions, pick_device
+
+    return {**config_knobs(cfg), "batch_id": cfg.batch_id, "device": pick_device(cfg.device),
+            "dtype": str(pipe.unet.dtype).removeprefix("torch."), "library_versions": library_versions(),
+            "controlnet_model": cfg.controlnet_model or cfg.base_model, "model_revision": revisions[0],
+            "controlnet_revision": revisions[1], "depth_method": cfg.aux.depth, "saliency_method": cfg.aux.saliency}
 
 
 def _png(arr: np.ndarray, mode: str) -> bytes:
@@ -129,7 +167,8 @@ def run_job(job: dict, progress=None) -> dict:
 
     cfg: GenerateConfig = job["cfg"]
     torch.set_num_threads(cfg.threads)
-    pipe, aux = _models(cfg)
+    pipe, aux = _models(cfg, job["revisions"])
+    shared = batch_recipe(cfg, pipe, job["revisions"])
     prompts = {p.id: p for p in cfg.prompts}
     directory, stem = Path(job["dir"]), job["stem"]
     shards.remove_job(directory, stem)
@@ -152,30 +191,18 @@ def run_job(job: dict, progress=None) -> dict:
             batch.append(s)
             conds.append(c)
         if batch:
-            out = pipe(
-                prompt=[prompts[s["prompt_id"]].prompt for s in batch],
-                negative_prompt=[prompts[s["prompt_id"]].negative for s in batch],
-                image=[c.init_image() for c in conds], mask_image=[Image.fromarray(c.mask) for c in conds],
-                control_image=[c.control_image() for c in conds], height=cfg.layout.size, width=cfg.layout.size,
-                num_inference_steps=cfg.steps, guidance_scale=cfg.guidance,
-                generator=[torch.Generator("cpu").manual_seed(s["seed"]) for s in batch], output_type="np",
-            ).images
-            images = [paste_back(np.round(o * 255).astype(np.uint8), c.product) for o, c in zip(out, conds)]
+            images = diffuse(pipe, cfg, [prompts[s["prompt_id"]] for s in batch], [s["seed"] for s in batch], conds)
             depth, saliency = aux(images, [c.product for c in conds])
             now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             for s, c, img, d, sal in zip(batch, conds, images, depth, saliency):
                 prod, prompt = job["products"][s["product_id"]], prompts[s["prompt_id"]]
                 recipe = {
-                    "key": s["key"], "batch_id": cfg.batch_id, "product_id": s["product_id"],
+                    **shared, "key": s["key"], "product_id": s["product_id"], "product_sha256": prod["sha"],
                     "title": prod["title"], "category": prod["category"],
                     "product_truncated": prod["truncated"], "prompt_id": prompt.id,
                     "prompt": prompt.prompt, "negative_prompt": prompt.negative, "seed": s["seed"],
                     "scale": c.layout.scale, "offset_x": c.layout.offset_x, "offset_y": c.layout.offset_y,
-                    "size": cfg.layout.size, "base_model": cfg.base_model,
-                    "controlnet_model": cfg.controlnet_model or cfg.base_model,
-                    "model_revision": job["revision"], "scheduler": cfg.scheduler, "steps": cfg.steps,
-                    "guidance": cfg.guidance, "depth_method": cfg.aux.depth,
-                    "saliency_method": cfg.aux.saliency, "created_at": now,
+                    "created_at": now,
                 }
                 members = {"image.png": _png(img, "RGB"), "product.png": _png(c.product, "RGBA"),
                            "mask.png": _png(c.mask, "L"), "canny.png": _png(c.canny, "L"),
@@ -189,7 +216,7 @@ def run_job(job: dict, progress=None) -> dict:
 
 
 def run(cfg: GenerateConfig) -> dict:
-    from pipelines.models import model_revision
+    from pipelines.models import resolve_revision
 
     products = read_products(cfg.products)
     if not products:
@@ -198,7 +225,9 @@ def run(cfg: GenerateConfig) -> dict:
     by_id = {p["product_id"]: {"title": p["title"], "category": p["category"], "truncated": p["truncated"],
                                "path": str(root / p["image"]), "sha": _file_sha(root / p["image"])}
              for p in products}
-    revision = model_revision(cfg.base_model, cfg.controlnet_model, cfg.revision)
+    base_revision = resolve_revision(cfg.base_model, cfg.revision)
+    revisions = (base_revision, resolve_revision(cfg.controlnet_model, cfg.controlnet_revision)
+                 if cfg.controlnet_model else base_revision)
     directory = Path(cfg.out) / cfg.batch_id
     directory.mkdir(parents=True, exist_ok=True)
     specs = plan(cfg, products)
@@ -210,12 +239,12 @@ def run(cfg: GenerateConfig) -> dict:
         stem = f"shard-{j // cfg.maxcount:06d}"
         used = {s["product_id"]: by_id[s["product_id"]] for s in chunk}
         fp = hashlib.sha256(json.dumps(
-            [schema.SCHEMA_VERSION, recipe_cfg, revision, chunk, {k: v["sha"] for k, v in used.items()}],
+            [schema.SCHEMA_VERSION, recipe_cfg, revisions, chunk, {k: v["sha"] for k, v in used.items()}],
             sort_keys=True, default=str).encode()).hexdigest()
         jobs.append(stem)
         if shards.completed_job(directory, stem, fp) is None:
             todo.append({"cfg": cfg, "dir": str(directory), "stem": stem, "specs": chunk,
-                         "products": used, "fingerprint": fp, "revision": revision})
+                         "products": used, "fingerprint": fp, "revisions": revisions})
     # Shards left from a bigger earlier plan would duplicate nothing but would be stale: remove them.
     for f in directory.glob("shard-*"):
         if f.name[:12] not in jobs:
@@ -231,6 +260,7 @@ def run(cfg: GenerateConfig) -> dict:
         count += stats["count"]
     (directory / "quarantine.jsonl").write_text(to_jsonl(quarantined), encoding="utf-8")
     summary = {"batch_id": cfg.batch_id, "samples": count, "shards": len(jobs),
-               "quarantined": len(quarantined), "model_revision": revision}
+               "quarantined": len(quarantined), "model_revision": base_revision,
+               "controlnet_revision": revisions[1]}
     shards.write_json_atomic(directory / "batch.json", summary)
     return {**summary, "generated_now": len(specs) - done}

@@ -168,14 +168,40 @@ def folder_hash(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def model_revision(base_model: str, controlnet_model: str | None, revision: str | None) -> str:
-    """What a sample records so its model can be found again: a hub revision or a content hash."""
-    local = [Path(m) for m in (base_model, controlnet_model) if m and Path(m).exists()]
-    if len(local) == 1:
-        return folder_hash(local[0])
-    if local:
-        return "sha256:" + hashlib.sha256("".join(folder_hash(p) for p in local).encode()).hexdigest()
-    return revision or "main"
+COMMIT = re.compile(r"[0-9a-f]{40}")
+# The libraries whose code makes a sample's pixels; their versions go into every recipe.
+PIXEL_LIBRARIES = ("torch", "diffusers", "transformers", "numpy", "PIL", "cv2")
+
+
+def resolve_revision(model: str, revision: str | None = None) -> str:
+    """The revision a recipe records so the model can be found again, never a moving name.
+
+    A local folder is its sha256 content hash. A hub id is the commit sha its revision (branch, tag,
+    default `main`) points at: from the local hub cache when it holds the model (offline works), else
+    from the hub's `model_info`. A branch name is refused by `regenerate` because it moves.
+    """
+    if Path(model).exists():
+        return folder_hash(Path(model))
+    if revision and COMMIT.fullmatch(revision):
+        return revision
+    from huggingface_hub import constants, model_info, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(model, revision=revision, local_files_only=True)).name
+    except LocalEntryNotFoundError:
+        pass
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError(f"model {model!r} is neither a local folder nor in the hub cache "
+                         f"({constants.HF_HUB_CACHE}), and the hub is offline (HF_HUB_OFFLINE)")
+    return model_info(model, revision=revision).sha
+
+
+def library_versions() -> str:
+    """`name==version ...` of PIXEL_LIBRARIES: a regenerated image may differ when these do."""
+    import importlib
+
+    return " ".join(f"{m}=={importlib.import_module(m).__version__}" for m in PIXEL_LIBRARIES)
 
 
 def pick_device(device: str = "auto") -> str:
@@ -187,11 +213,12 @@ def pick_device(device: str = "auto") -> str:
 
 
 def load_pipeline(base_model: str, controlnet_model: str | None = None, revision: str | None = None,
-                  device: str = "auto", scheduler: str = "DDIMScheduler"):
+                  device: str = "auto", scheduler: str = "DDIMScheduler", controlnet_revision: str | None = None):
     """Load the inpainting pipeline from a local folder or the hub (hub needs network and a GPU to be useful).
 
     A local folder made by `build_tiny` holds its ControlNet; a hub base model takes a separate
-    ControlNet id. fp16 on CUDA, fp32 elsewhere.
+    ControlNet id. Revisions apply to hub ids only (generate passes the resolved commits, so what is
+    loaded is what the recipe records). fp16 on CUDA, fp32 elsewhere.
     """
     import diffusers
     import torch
@@ -201,14 +228,16 @@ def load_pipeline(base_model: str, controlnet_model: str | None = None, revision
     diffusers.utils.logging.set_verbosity_error()
     device = pick_device(device)
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    local = Path(base_model).exists()
-    kw = {"dtype": dtype, "local_files_only": local}
-    if not local and revision:
-        kw["revision"] = revision
+
+    def source(model: str, rev: str | None) -> dict:
+        local = Path(model).exists()
+        return {"local_files_only": True} if local else {"revision": rev} if rev else {}
+
+    kw = {"dtype": dtype, **source(base_model, revision)}
     if controlnet_model:
         kw["controlnet"] = ControlNetModel.from_pretrained(
-            controlnet_model, dtype=dtype, local_files_only=Path(controlnet_model).exists())
-    if not local:
+            controlnet_model, dtype=dtype, **source(controlnet_model, controlnet_revision))
+    if not Path(base_model).exists():
         kw.update(safety_checker=None, requires_safety_checker=False)
     pipe = StableDiffusionControlNetInpaintPipeline.from_pretrained(base_model, **kw)
     if type(pipe.scheduler).__name__ != scheduler:

@@ -3,7 +3,7 @@
 Output, under `out` (default `data/products`):
   images/<product_id>.png   the product as RGBA, alpha = product
   products.parquet          product_id, title, category, source, image, width, height, truncated
-  quarantine.jsonl          every file refused, with its reason
+  quarantine.jsonl          every file or metadata row refused, with its reason
 
 `truncated`: the product runs into the photo's own frame (some border row or column of the alpha is
 at least `truncation` opaque), i.e. the photo cut it off. Such products are kept (a person decides
@@ -20,10 +20,12 @@ import csv
 import hashlib
 import io
 import json
+import sys
 import unicodedata
 import warnings
+from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
@@ -202,29 +204,104 @@ def load_product_image(path: Path, cfg: ProductsConfig) -> np.ndarray:
     return rgba
 
 
-def read_metadata(path: str | None) -> dict[str, dict]:
-    """Titles and categories keyed by file name (NFC): CSV with a `file` column, or JSON."""
-    if not path:
-        return {}
+KEY_COLUMNS = ("file", "product_id")  # the first one a metadata file has is its key
+
+
+def read_metadata(path: str) -> tuple[str, list[tuple[int, dict]]]:
+    """(key column, [(row number, row)]) from a CSV with a header, or JSON (a list of objects, or an
+    object keyed by file name). Row numbers are the file's own (header = 1), so a report points at them."""
     p = Path(path)
     if p.suffix.lower() == ".json":
         data = json.loads(p.read_text(encoding="utf-8"))
         rows = data if isinstance(data, list) else [{"file": k, **v} for k, v in data.items()]
+        if not all(isinstance(r, dict) for r in rows):
+            raise ValueError(f"{path}: metadata JSON must be a list of objects or an object keyed by file name")
+        numbered, columns = list(enumerate(rows, 1)), {c for r in rows for c in r}
     else:
         with open(p, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    if rows and "file" not in rows[0]:
-        raise ValueError(f"{path}: metadata needs a 'file' column naming each image")
-    return {unicodedata.normalize("NFC", r["file"]): r for r in rows}
+            reader = csv.DictReader(f)
+            numbered = [(reader.line_num, r) for r in reader]
+            columns = set(reader.fieldnames or ())
+    key = next((c for c in KEY_COLUMNS if c in columns), None)
+    if key is None:
+        raise ValueError(f"{path}: metadata needs a 'file' or 'product_id' column naming each image "
+                         f"(it has: {', '.join(sorted(columns)) or 'no columns'})")
+    return key, numbered
 
 
-def folder_products(cfg: ProductsConfig, rejected: list[Record]):
-    root = Path(cfg.source)
+def _fold(text: str) -> str:
+    return unicodedata.normalize("NFC", text).strip().replace("\\", "/").casefold()
+
+
+def match_metadata(path: str, images: dict[str, str], rejected: list[Record]) -> tuple[dict[str, dict], dict]:
+    """Give each image (normalised relative name -> product id) its metadata row.
+
+    A merchant's sheet rarely spells file names as the disk does, so a row's key is compared,
+    case-insensitively, with (1) the relative path or our product id, (2) the file name, (3) the
+    stem (the name without its extension); the most exact level that finds anything decides.
+    Defined outcomes for what does not fit:
+      - a row that finds no image:            quarantined as `metadata_unmatched`;
+      - a row whose best level finds several: quarantined as `metadata_ambiguous` (say `a.png`, or
+        `shoes/a.png`, instead of `a`), and none of those images takes it;
+      - several rows for one image:           the most exact match wins, then the earlier row; the
+                                              others are quarantined as `metadata_duplicate`.
+    Metadata that matches no image at all is a wrong file or a wrong folder: a ValueError, not a
+    run in which every title silently falls back to the file name (the title is RFNet's caption)."""
+    key, rows = read_metadata(path)
+    levels: list[dict[str, set[str]]] = [defaultdict(set) for _ in range(3)]
+    for name, pid in images.items():
+        base = PurePosixPath(name)
+        for level, k in ((0, name), (0, pid), (1, base.name), (2, base.stem), (2, str(base.with_suffix("")))):
+            levels[level][_fold(k)].add(name)
+    src = Path(path).name
+    unmatched = []
+    claims: dict[str, list[tuple[int, int, dict]]] = defaultdict(list)
+    for line, row in rows:
+        value = str(row.get(key) or "")
+        item, folded = f"{src} row {line}: {value}", _fold(value)
+        level, found = next(((lv, index[folded]) for lv, index in enumerate(levels) if folded in index), (0, set()))
+        if not found:
+            unmatched.append(Record("products", item, "metadata_unmatched",
+                                   f"no image's path, name or stem is {value!r}" if value.strip()
+                                   else f"the row has no {key}"))
+        elif len(found) > 1:
+            rejected.append(Record("products", item, "metadata_ambiguous",
+                                   f"{value!r} names {len(found)} images: {', '.join(sorted(found))}"))
+        else:
+            claims[next(iter(found))].append((level, line, row))
+    rejected.extend(unmatched)
+    meta = {}
+    for name, cands in claims.items():
+        (_, first, row), *rest = sorted(cands, key=lambda c: c[:2])
+        meta[name] = row
+        rejected.extend(Record("products", f"{src} row {line}: {r.get(key)}", "metadata_duplicate",
+                               f"{name} already takes row {first}") for _, line, r in rest)
+    if rows and not meta:
+        example = f"; e.g. {rows[0][1].get(key)!r} vs the image {min(images)!r}" if images else ""
+        raise ValueError(f"{path}: none of its {len(rows)} rows names an image in {len(images)} images "
+                         f"(matched on '{key}' against path, file name or stem, case-insensitively{example})")
+    report = {"metadata_matched": len(meta), "images_without_metadata": len(images) - len(meta),
+              "metadata_rows_without_image": len(unmatched)}
+    print(f"products: metadata {src}: {report['metadata_matched']} images matched, "
+          f"{report['images_without_metadata']} images have no row, "
+          f"{report['metadata_rows_without_image']} rows have no image (see quarantine.jsonl)", file=sys.stderr)
+    return meta, report
+
+
+def list_images(source: str) -> list[Path]:
+    root = Path(source)
     if not root.is_dir():
-        raise FileNotFoundError(f"products source {cfg.source!r} is not a folder (or use 'synthetic')")
-    meta = read_metadata(cfg.metadata)
-    files = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()),
-                   key=lambda p: str(p).encode("utf-8", "surrogateescape"))
+        raise FileNotFoundError(f"products source {source!r} is not a folder (or use 'synthetic')")
+    return sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()),
+                  key=lambda p: str(p).encode("utf-8", "surrogateescape"))
+
+
+def _product_id(name: str) -> str:
+    return "p" + hashlib.sha1(name.encode()).hexdigest()[:12]
+
+
+def folder_products(cfg: ProductsConfig, files: list[Path], meta: dict[str, dict], rejected: list[Record]):
+    root = Path(cfg.source)
     for path in tqdm(files, desc="products", unit="file"):
         rel = str(path.relative_to(root))
         try:
@@ -234,20 +311,31 @@ def folder_products(cfg: ProductsConfig, rejected: list[Record]):
             shown = rel.encode("utf-8", "backslashreplace").decode()  # a name that is not UTF-8, made printable
             rejected.append(Record("products", shown, r.reason, r.detail))
             continue
-        m = meta.get(name) or meta.get(Path(name).name) or {}
-        pid = "p" + hashlib.sha1(name.encode()).hexdigest()[:12]
+        m = meta.get(name) or {}
         title = m.get("title") or Path(name).stem.replace("_", " ").replace("-", " ")
-        yield pid, title, m.get("category") or "uncategorised", rgba, name
+        yield _product_id(name), title, m.get("category") or "uncategorised", rgba, name
 
 
 def run(cfg: ProductsConfig) -> dict:
     out = Path(cfg.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rejected: list[Record] = []
+    report: dict = {}
     if cfg.source == "synthetic":
         items = ((pid, t, c, rgba, "synthetic") for pid, t, c, rgba in synthetic_products(cfg))
     else:
-        items = folder_products(cfg, rejected)
+        files = list_images(cfg.source)
+        meta = {}
+        if cfg.metadata:
+            names = {}
+            for f in files:
+                try:
+                    name = _check_name(str(f.relative_to(cfg.source)))
+                except Rejected:  # folder_products quarantines it with its reason
+                    continue
+                names[name] = _product_id(name)
+            meta, report = match_metadata(cfg.metadata, names, rejected)
+        items = folder_products(cfg, files, meta, rejected)
     rows, seen = [], set()
     for pid, title, category, rgba, source in items:
         if pid in seen:  # e.g. the same name saved once in NFC and once in NFD
@@ -271,7 +359,7 @@ def run(cfg: ProductsConfig) -> dict:
     pq.write_table(table, out / "products.parquet.tmp")
     (out / "products.parquet.tmp").replace(out / "products.parquet")
     (out / "quarantine.jsonl").write_text(to_jsonl(rejected), encoding="utf-8")
-    return {"products": len(rows), "quarantined": len(rejected)}
+    return {"products": len(rows), "quarantined": len(rejected), **report}
 
 
 def read_products(out: str | Path) -> list[dict]:

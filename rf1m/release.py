@@ -8,8 +8,10 @@ A release folder (`releases/<version>/`):
                            builder per folder and cannot mix WebDataset and Parquet configs)
   manifest.json        sha256 and size of every other file, counts, the params, the parent release
 
-Splits are by product (no product in two splits), deterministic by seed, and stratified: products
-are ordered by category and usable rate before being dealt to the split furthest below its target.
+Splits are by product (no product in two splits) and sticky: a product keeps the split it has in
+any release already under the releases root, so a model trained on one version's train split is never
+tested on its products in a later version's test split. Only new products are dealt (see
+`split_products`). Undecided consensus samples (tied votes) are left out by default and counted.
 A version that exists is never overwritten; `verify` recomputes every hash.
 """
 
@@ -18,9 +20,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import random
 import shutil
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,7 @@ class Policy:
     min_annotators: int = 1
     min_confidence: float = 0.0
     simulated: str = "flag"  # "flag": keep, marked source=simulated; "exclude": leave out
+    undecided: str = "exclude"  # "exclude": leave out (a tie is a coin flip); "not_available": ship as such
 
 
 @dataclass(frozen=True)
@@ -97,23 +99,44 @@ def release_dir(version: str, root: str | Path = "releases") -> Path:
     return Path(root) / version
 
 
-def select(cfg: ReleaseConfig) -> tuple[list[dict], dict]:
-    """Labelled samples that pass the policy, joined with their recipe and shard location."""
-    rows, provenance = [], {}
+CONSENSUS_COLUMNS = ("key", "verdict", "reasons", "confidence", "status", "n_annotators", "annotators", "source")
+
+
+def excluded_by(c: dict, policy: Policy) -> str | None:
+    """The first policy rule that keeps a consensus row out of the release, or None."""
+    if c["status"] == "undecided" and policy.undecided == "exclude":
+        return "undecided"
+    if c["n_annotators"] < policy.min_annotators:
+        return "min_annotators"
+    if c["confidence"] < policy.min_confidence:
+        return "min_confidence"
+    if policy.simulated == "exclude" and c["source"] == "simulated":
+        return "simulated"
+    return None
+
+
+def select(cfg: ReleaseConfig) -> tuple[list[dict], dict, Counter]:
+    """Labelled samples that pass the policy, joined with their recipe and shard location, the
+    provenance per batch, and how many labelled samples each policy rule left out."""
+    rows, provenance, excluded = [], {}, Counter()
     for batch in cfg.batches:
         cons_file = Path(cfg.labels) / batch / "consensus.parquet"
         if not cons_file.exists():
             raise ValueError(f"no consensus labels for batch {batch!r} ({cons_file}): run annotate consensus")
-        cons = {c["key"]: c for c in pq.read_table(cons_file).to_pylist()}
+        table = pq.read_table(cons_file)
+        missing = [c for c in CONSENSUS_COLUMNS if c not in table.column_names]
+        if missing:
+            raise ValueError(f"{cons_file} lacks column(s) {', '.join(missing)}: re-run annotate consensus")
+        cons = {c["key"]: c for c in table.to_pylist()}
         batch_dir = Path(cfg.shards) / batch
         samples = shards.read_sidecars(batch_dir).to_pylist()
         for s in samples:
             c = cons.get(s["key"])
-            if c is None or c["n_annotators"] < cfg.policy.min_annotators:
+            if c is None:
                 continue
-            if c["confidence"] < cfg.policy.min_confidence:
-                continue
-            if cfg.policy.simulated == "exclude" and c["source"] == "simulated":
+            rule = excluded_by(c, cfg.policy)
+            if rule:
+                excluded[rule] += 1
                 continue
             rows.append({**s, **{k: c[k] for k in ("verdict", "reasons", "confidence", "n_annotators",
                                                    "annotators", "source")}, "_batch_dir": str(batch_dir)})
@@ -126,28 +149,48 @@ def select(cfg: ReleaseConfig) -> tuple[list[dict], dict]:
                                                      "scheduler", "steps", "guidance", "size")} if samples else None,
         }
     if not rows:
-        raise ValueError("no labelled sample passes the release policy")
-    return rows, provenance
+        raise ValueError(f"no labelled sample passes the release policy (left out: {dict(excluded)})")
+    return rows, provenance, excluded
 
 
-def split_products(rows: list[dict], fractions: tuple[float, ...], seed: int) -> dict[str, str]:
-    """product_id -> split. Whole products only; stratified by category and usable rate."""
-    by_product = defaultdict(list)
-    for r in rows:
-        by_product[r["product_id"]].append(r)
-    rng = random.Random(seed)
-    strata = defaultdict(list)
-    for pid, rs in sorted(by_product.items()):
-        rate = sum(r["verdict"] == "available" for r in rs) / len(rs)
-        strata[(rs[0]["category"], round(rate * 4))].append(pid)
-    order = []
-    for key in sorted(strata):
-        pids = strata[key]
-        rng.shuffle(pids)
-        order += pids
-    counts, out = Counter(), {}
-    for i, pid in enumerate(order):
-        split = max(SPLITS, key=lambda s: fractions[SPLITS.index(s)] * (i + 1) - counts[s])
+def earlier_splits(root: str | Path) -> dict[str, str]:
+    """product_id -> split over every release under `root`, read from their labels Parquet.
+
+    Raises when two releases put a product in different splits: that release already leaks, and
+    silently picking one of them would hide it."""
+    seen: dict[str, tuple[str, str]] = {}
+    for m in sorted(Path(root).glob("*/manifest.json")):
+        version = m.parent.name
+        if version.endswith(".tmp"):  # a compile that died before its rename
+            continue
+        for r in read_labels(version, root):
+            first = seen.setdefault(r["product_id"], (r["split"], version))
+            if first[0] != r["split"]:
+                raise ValueError(f"product {r['product_id']!r} is in {first[0]} in release {first[1]} but in "
+                                 f"{r['split']} in release {version}; splits must be sticky, fix the releases first")
+    return {pid: split for pid, (split, _) in seen.items()}
+
+
+def _hash_unit(seed: int, product_id: str) -> float:
+    return int.from_bytes(hashlib.sha256(f"{seed}/{product_id}".encode()).digest()[:8], "big") / 2 ** 64
+
+
+def split_products(products: dict[str, str], fractions: tuple[float, ...], seed: int,
+                   earlier: dict[str, str] | None = None) -> dict[str, str]:
+    """product_id -> split, for `products` (product_id -> category).
+
+    A product in `earlier` keeps that split. New products, ordered by category and then by a sha256
+    of their id, are dealt one by one to the split furthest below its share of this release's
+    products. The hash makes the order independent of labels and of which other products exist, so
+    a relabel cannot move anything; the dealing keeps small releases at their fractions (a pure hash
+    threshold leaves a 10% split empty for 25 products one time in 7)."""
+    earlier = earlier or {}
+    out = {pid: earlier[pid] for pid in products if pid in earlier}
+    counts = Counter(out.values())
+    new = sorted((pid for pid in products if pid not in out), key=lambda p: (products[p], _hash_unit(seed, p)))
+    for pid in new:
+        n = sum(counts.values()) + 1
+        split = max(SPLITS, key=lambda s: fractions[SPLITS.index(s)] * n - counts[s])
         counts[split] += 1
         out[pid] = split
     return out
@@ -158,13 +201,16 @@ def compile_release(cfg: ReleaseConfig) -> dict:
 
     if abs(sum(cfg.splits) - 1) > 1e-6 or len(cfg.splits) != 3:
         raise ValueError("splits must be three fractions (train, validation, test) summing to 1")
+    if cfg.policy.undecided not in ("exclude", "not_available") or cfg.policy.simulated not in ("flag", "exclude"):
+        raise ValueError("release.policy: undecided must be exclude or not_available, simulated flag or exclude")
     final = release_dir(cfg.version, cfg.out)
     if final.exists():
         raise ValueError(f"release {cfg.version} exists at {final}; releases are immutable, pick a new version")
     if cfg.parent and not (release_dir(cfg.parent, cfg.out) / "manifest.json").exists():
         raise ValueError(f"parent release {cfg.parent} not found in {cfg.out}")
-    rows, provenance = select(cfg)
-    assignment = split_products(rows, cfg.splits, cfg.seed)
+    rows, provenance, excluded = select(cfg)
+    assignment = split_products({r["product_id"]: r["category"] for r in rows}, cfg.splits, cfg.seed,
+                                earlier_splits(cfg.out))
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "labels").mkdir(parents=True)
@@ -190,7 +236,7 @@ def compile_release(cfg: ReleaseConfig) -> dict:
         writer.close()
         Dataset.from_list([x for x in label_rows if x["split"] == split], features=labels_features()) \
             .to_parquet(str(tmp / "labels" / f"{split}.parquet"))
-    counts = _counts(label_rows)
+    counts = {**_counts(label_rows), "excluded": dict(excluded)}
     (tmp / "README.md").write_text(card(cfg, counts, provenance), encoding="utf-8")
     files = {str(p.relative_to(tmp)): {"sha256": _sha256(p), "size": p.stat().st_size}
              for p in sorted(tmp.rglob("*")) if p.is_file()}
@@ -199,7 +245,8 @@ def compile_release(cfg: ReleaseConfig) -> dict:
                 "counts": counts, "params": asdict(cfg), "batches": list(cfg.batches), "files": files}
     shards.write_json_atomic(tmp / "manifest.json", manifest)
     tmp.rename(final)
-    return {"version": cfg.version, "path": str(final), "samples": counts["samples"], "splits": counts["splits"]}
+    return {"version": cfg.version, "path": str(final), "samples": counts["samples"], "splits": counts["splits"],
+            "excluded": counts["excluded"]}
 
 
 def _counts(label_rows: list[dict]) -> dict:
@@ -235,13 +282,18 @@ def card(cfg: ReleaseConfig, counts: dict, provenance: dict) -> str:
     for batch, p in provenance.items():
         a = p["agreement"] or {}
         ls = p["label_studio"] or {}
-        kappas = [v["kappa"] for v in (a.get("cohen_kappa") or {}).values()]
+        kappas = [v["kappa"] for v in (a.get("cohen_kappa") or {}).values() if v["kappa"] is not None]
+        alpha = a.get("krippendorff_alpha")
+        alpha = f"{alpha:.3f}" if alpha is not None else f"n/a ({a.get('krippendorff_alpha_undefined', 'no figures')})"
         prov.append(f"- batch `{batch}`: Label Studio project {ls.get('project_id', '?')} ({ls.get('tasks', '?')} "
                     f"tasks, {ls.get('gold', '?')} gold); {a.get('judgements', '?')} judgements; Krippendorff's "
-                    f"alpha {a.get('krippendorff_alpha', float('nan')):.3f}"
+                    f"alpha {alpha}"
                     + (f"; pairwise Cohen's kappa {min(kappas):.2f} to {max(kappas):.2f}" if kappas else "")
                     + f"; generator `{json.dumps(p['generator'])}`")
     simulated = "flagged (`labels.json` -> `source`)" if cfg.policy.simulated == "flag" else "excluded"
+    undecided = ("excluded: a tie is a coin flip, not a label; they wait for another judgement"
+                 if cfg.policy.undecided == "exclude" else "shipped as not available")
+    left_out = ", ".join(f"{n} {rule}" for rule, n in sorted(counts["excluded"].items())) or "none"
     body = f"""# RF1M {cfg.version}
 
 Generated advertising images (a product pasted on a background made by Stable Diffusion + ControlNet
@@ -270,7 +322,8 @@ not_available) and `labels.json` (reasons, confidence, annotators, source).
 
 ## Counts
 
-Splits are by product: no product appears in two splits.
+Splits are by product: no product appears in two splits. They are sticky: a product keeps the split it
+had in every earlier release, so no later test split holds an earlier training product.
 
 | split | samples | products | available | not available | {" | ".join(schema.REASON_NAMES)} |
 |---|---|---|---|---|{"---|" * len(schema.REASON_NAMES)}
@@ -279,8 +332,10 @@ Splits are by product: no product appears in two splits.
 ## Labels and provenance
 
 Policy: at least {cfg.policy.min_annotators} annotator(s), consensus confidence >= {cfg.policy.min_confidence},
-gold tasks excluded, simulated labels {simulated}. Consensus is Dawid-Skene on the verdict; reasons
-are those picked by at least half of the annotators who said not available.
+gold tasks excluded, simulated labels {simulated}, undecided samples (tied votes, or Dawid-Skene
+against the majority) {undecided}. Labelled samples left out, by the first rule that applies:
+{left_out}. Consensus is Dawid-Skene on the verdict; reasons are those picked by at least half of the
+annotators who said not available.
 
 {chr(10).join(prov)}
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -80,34 +80,49 @@ class Field:
     name: str
     arrow: pa.DataType
     description: str
+    # An input of the pixels: `rf1m regenerate` rebuilds the image from these fields alone, and the
+    # generate stage fills the ones named like a config knob straight from the config, so recording
+    # a new knob (and reading it back) is this one line.
+    regenerate: bool = False
 
 
 RECIPE = (
     Field("key", pa.string(), "sample key, unique across RF1M: <batch>-<product>-<prompt>-s<seed>"),
     Field("batch_id", pa.string(), "generation batch; one Label Studio project per batch"),
-    Field("product_id", pa.string(), "product in the products table"),
+    Field("product_id", pa.string(), "product in the products table", True),
+    Field("product_sha256", pa.string(), "sha256 of the product image file's bytes", True),
     Field("title", pa.string(), "product title (caption input of RFNet)"),
     Field("category", pa.string(), "product category"),
     Field("product_truncated", pa.bool_(), "the product photo cuts the product off at its frame"),
     Field("prompt_id", pa.string(), "prompt preset id"),
-    Field("prompt", pa.string(), "positive prompt"),
-    Field("negative_prompt", pa.string(), "negative prompt"),
-    Field("seed", pa.int64(), "diffusion noise seed"),
-    Field("scale", pa.float64(), "longest product side / canvas side"),
-    Field("offset_x", pa.int64(), "product centre shift from the canvas centre, px"),
-    Field("offset_y", pa.int64(), "product centre shift from the canvas centre, px"),
-    Field("size", pa.int64(), "canvas side, px"),
-    Field("base_model", pa.string(), "base SD model id or local path"),
-    Field("controlnet_model", pa.string(), "ControlNet model id or local path"),
-    Field("model_revision", pa.string(), "hub revision, or sha256 of a local model folder"),
-    Field("scheduler", pa.string(), "scheduler class"),
-    Field("steps", pa.int64(), "denoising steps"),
-    Field("guidance", pa.float64(), "classifier-free guidance scale"),
+    Field("prompt", pa.string(), "positive prompt", True),
+    Field("negative_prompt", pa.string(), "negative prompt", True),
+    Field("seed", pa.int64(), "diffusion noise seed (a CPU torch.Generator)", True),
+    Field("scale", pa.float64(), "longest product side / canvas side", True),
+    Field("offset_x", pa.int64(), "product centre shift from the canvas centre, px", True),
+    Field("offset_y", pa.int64(), "product centre shift from the canvas centre, px", True),
+    Field("size", pa.int64(), "canvas side, px", True),
+    Field("dilate", pa.int64(), "inpainting-mask dilation kernel, px", True),
+    Field("canny_low", pa.int64(), "Canny lower threshold of the ControlNet condition", True),
+    Field("canny_high", pa.int64(), "Canny upper threshold of the ControlNet condition", True),
+    Field("base_model", pa.string(), "base SD model id or local path", True),
+    Field("model_revision", pa.string(), "base model: hub commit sha, or sha256 of a local model folder", True),
+    Field("controlnet_model", pa.string(), "ControlNet model id or local path (the base path: inside it)", True),
+    Field("controlnet_revision", pa.string(), "ControlNet: hub commit sha, or sha256 of a local folder", True),
+    Field("scheduler", pa.string(), "scheduler class", True),
+    Field("steps", pa.int64(), "denoising steps", True),
+    Field("guidance", pa.float64(), "classifier-free guidance scale", True),
+    Field("eta", pa.float64(), "DDIM eta (0: deterministic sampling)", True),
+    Field("controlnet_scale", pa.float64(), "ControlNet conditioning scale", True),
+    Field("device", pa.string(), "device the sample was generated on (cpu, cuda)", True),
+    Field("dtype", pa.string(), "torch dtype of the models (float32, float16)", True),
+    Field("library_versions", pa.string(), "versions of the libraries that make the pixels (name==version ...)"),
     Field("depth_method", pa.string(), "how depth.png was made"),
     Field("saliency_method", pa.string(), "how saliency.png was made"),
     Field("created_at", pa.string(), "ISO-8601 UTC time the sample was generated"),
 )
 RECIPE_NAMES = tuple(f.name for f in RECIPE)
+REGENERATE_NAMES = tuple(f.name for f in RECIPE if f.regenerate)
 
 
 # One row per human (or simulated) judgement, as pulled from Label Studio.

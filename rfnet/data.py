@@ -2,7 +2,9 @@
 (pre-labelling), turned into the same tensors.
 
 Targets are soft over `CLASSES`: available, or the sample's failure reasons sharing the mass.
-Samples whose only reason is `unsuitable` have no target and are left out (see rfnet.model).
+A not-available sample with no reason RFNet's head knows (unsuitable only, or no reason with half the
+votes) gets an all-zero target: it adds nothing to the five-way loss, yet evaluation still counts it
+as not available (dropping it would make "available" look easier to find than it is).
 The one augmentation is a horizontal flip of all four images together: it keeps every judged property
 (scale, floating, edges, contrast, halos). No crop (it could cut the product or fake a size
 mismatch) and no colour change (it could fake or hide indistinctiveness).
@@ -35,15 +37,14 @@ def to_tensor(img: Image.Image, size: int) -> torch.Tensor:
     return (x - _MEAN) / _STD
 
 
-def target(verdict: str, reasons: list[str]) -> torch.Tensor | None:
+def target(verdict: str, reasons: list[str]) -> torch.Tensor:
     t = torch.zeros(len(CLASSES))
     if verdict == "available":
         t[0] = 1.0
         return t
     hits = [CLASSES.index(r) for r in reasons if r in CLASSES]
-    if not hits:
-        return None  # unsuitable only (or no reason): nothing RFNet's head can say
-    t[hits] = 1.0 / len(hits)
+    if hits:  # else all zero: not available, with no class for the head to learn
+        t[hits] = 1.0 / len(hits)
     return t
 
 
@@ -63,7 +64,7 @@ def collate(items: list[dict]) -> dict:
 
 
 class ReleaseSplit(torch.utils.data.Dataset):
-    """One split of a release, as (images, caption, soft target)."""
+    """One split of a release, as (images, caption, soft target); `trainable()` keeps the samples with a class."""
 
     def __init__(self, version: str, split: str, root: str, size: int, augment: bool = False,
                  cache_dir: str | None = None):
@@ -75,11 +76,9 @@ class ReleaseSplit(torch.utils.data.Dataset):
         self.rows, self.targets, self.products = [], [], []
         for i, (label, info, recipe) in enumerate(zip(self.ds["label.cls"], self.ds["labels.json"],
                                                       self.ds["recipe.json"])):
-            t = target(schema.VERDICTS[label], [schema.REASON_NAMES[r] for r in info["reasons"]])
-            if t is not None:
-                self.rows.append(i)
-                self.targets.append(t)
-                self.products.append(recipe["product_id"])
+            self.rows.append(i)
+            self.targets.append(target(schema.VERDICTS[label], [schema.REASON_NAMES[r] for r in info["reasons"]]))
+            self.products.append(recipe["product_id"])
 
     def subset(self, keep: list[int], augment: bool | None = None) -> ReleaseSplit:
         """The same data restricted to positions `keep` (cross-validation folds)."""
@@ -89,6 +88,10 @@ class ReleaseSplit(torch.utils.data.Dataset):
         other.products = [self.products[i] for i in keep]
         other.augment = self.augment if augment is None else augment
         return other
+
+    def trainable(self) -> ReleaseSplit:
+        """Only the samples with a five-way target: the others would cost a forward pass and teach nothing."""
+        return self.subset([i for i, t in enumerate(self.targets) if t.sum() > 0])
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -5,7 +5,9 @@ caption through a text encoder. The feature filter module (FFM) lets the caption
 in the product: cross-attention with the product tokens as query and the caption as key/value, then
     e_f = Conv(Conv(CrossAttn(e_o, e_c)) * Conv(e_o)) + e_o
 Self-attention layers run over the concatenated tokens [e_f, e_g, e_d, e_s] (with a learned modality
-embedding each), and a linear head classifies the mean token into `CLASSES`.
+embedding each), and a linear head classifies the mean token into `CLASSES`. Caption padding (most
+of a short title's tokens) is masked wherever the caption goes, in attention and in the mean: padding
+is an artefact of batching, and a prediction must not depend on how long the other titles were.
 
 `unsuitable` is not a class: it is the product photo's fault, no generator can change it, and the
 paper's head has five classes; such samples are left out of training.
@@ -79,7 +81,8 @@ class RFNet(nn.Module):
         self.images = [m for m in IMAGES if m not in cfg.drop]
         self.modality = nn.Parameter(torch.zeros(len(self.images) + (self.use_text and not self.use_ffm), cfg.dim))
         layer = nn.TransformerEncoderLayer(cfg.dim, cfg.heads, 2 * cfg.dim, cfg.dropout, batch_first=True)
-        self.fusion = nn.TransformerEncoder(layer, cfg.attn_layers)
+        # no nested-tensor fast path: a prototype that would give eval a different code path than training
+        self.fusion = nn.TransformerEncoder(layer, cfg.attn_layers, enable_nested_tensor=False)
         self.head = nn.Sequential(nn.LayerNorm(cfg.dim), nn.Linear(cfg.dim, len(CLASSES)))
         if cfg.freeze_backbones:
             for p in self.encoder.parameters():
@@ -115,12 +118,17 @@ class RFNet(nn.Module):
                 t = self.text(**text)
             e_c = self.text_proj(t)
             pad = text["attention_mask"] == 0
+            pad = pad & ~pad.all(dim=1, keepdim=True)  # an empty caption: attend to its tokens, not to nothing (NaN)
         if self.use_ffm:
             for block in self.ffm:
                 feats["product"] = block(feats["product"], e_c, pad)
         for i, m in enumerate(self.images):
             tokens.append(feats[m].flatten(2).transpose(1, 2) + self.modality[i])
-        if self.use_text and not self.use_ffm:  # the caption joins as tokens of its own
-            tokens.append(e_c + self.modality[-1])
-        x = self.fusion(torch.cat(tokens, dim=1))
-        return self.head(x.mean(dim=1))
+        x = torch.cat(tokens, dim=1)
+        mask = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+        if self.use_text and not self.use_ffm:  # the caption joins as tokens of its own, its padding masked
+            x = torch.cat([x, e_c + self.modality[-1]], dim=1)
+            mask = torch.cat([mask, pad], dim=1)
+        x = self.fusion(x, src_key_padding_mask=mask)
+        keep = (~mask).unsqueeze(-1).to(x.dtype)
+        return self.head((x * keep).sum(dim=1) / keep.sum(dim=1))

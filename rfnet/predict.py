@@ -1,7 +1,9 @@
 """Pre-labelling: RFNet over a batch's shards -> a predictions Parquet that `annotate push` attaches
 to Label Studio tasks, and a predictor the ML backend serves from the same checkpoint.
 
-Predictions Parquet: key, model_version, p_<class> for every class of RFNet's head.
+Predictions Parquet: key, model_version, threshold (the checkpoint's validated decision threshold),
+p_<class> for every class of RFNet's head. Whoever shows a verdict (push, the ML backend) applies
+`rf1m.decision.decide` with that threshold, the rule evaluation measured.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from PIL import Image
 from rf1m import shards
 from rfnet import checkpoint
 from rfnet.data import collate, sample, shard_samples
-from rfnet.evaluate import predict
+from rfnet.evaluate import decisions, predict
 from rfnet.model import CLASSES, IMAGES
 
 
@@ -33,8 +35,8 @@ class PrelabelConfig:
     workers: int = 1  # loader processes decoding shards while the model runs
 
 
-def predictions_table(keys: list[str], probs: np.ndarray, model_version: str) -> pa.Table:
-    cols = {"key": keys, "model_version": [model_version] * len(keys)}
+def predictions_table(keys: list[str], probs: np.ndarray, model_version: str, threshold: float) -> pa.Table:
+    cols = {"key": keys, "model_version": [model_version] * len(keys), "threshold": [float(threshold)] * len(keys)}
     cols.update({f"p_{c}": probs[:, i].astype(float).tolist() for i, c in enumerate(CLASSES)})
     return pa.table(cols)
 
@@ -55,10 +57,12 @@ def prelabel(model, meta: dict, cfg: PrelabelConfig) -> dict:
     keys, probs, _ = predict(model, loader, desc=f"prelabel {cfg.batch_id}")
     out = Path(cfg.out) / f"{cfg.batch_id}.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(predictions_table(keys, probs, meta["model_version"]), out.with_suffix(".parquet.tmp"))
+    threshold = meta["decision"]["threshold"]
+    pq.write_table(predictions_table(keys, probs, meta["model_version"], threshold), out.with_suffix(".parquet.tmp"))
     out.with_suffix(".parquet.tmp").replace(out)
+    shown = [d["verdict"] == "available" for d in decisions(probs, threshold)]
     return {"predictions": str(out), "samples": len(keys), "model_version": meta["model_version"],
-            "predicted_available": float((probs[:, 0] >= 0.5).mean()) if len(keys) else None}
+            "threshold": threshold, "predicted_available": float(np.mean(shown)) if shown else None}
 
 
 class CheckpointPredictor:
@@ -67,6 +71,7 @@ class CheckpointPredictor:
     def __init__(self, checkpoint_dir: str, shards_root: str = "data/shards"):
         self.model, meta = checkpoint.load(Path(checkpoint_dir))
         self.model_version, self.size = meta["model_version"], meta["model"]["image_size"]
+        self.threshold = meta["decision"]["threshold"]
         self.root = Path(shards_root)
         self._rows: dict[str, dict] = {}
 
@@ -90,10 +95,6 @@ class CheckpointPredictor:
         out: list[dict | None] = [None] * len(tasks)
         if items:
             _, probs, _ = predict(self.model, [collate(items)], desc="ml-backend")
-            for i, p in zip(where, probs):
-                fails = {c: float(p[j]) for j, c in enumerate(CLASSES) if c != "available"}
-                top = max(fails, key=fails.get)
-                out[i] = {"model_version": self.model_version, "score": float(p[0]),
-                          "verdict": "available" if p[0] >= 0.5 else "not_available",
-                          "reasons": [c for c, v in fails.items() if v >= 0.5] or [top]}
+            for i, d in zip(where, decisions(probs, self.threshold)):
+                out[i] = {"model_version": self.model_version, **d}
         return out

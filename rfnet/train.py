@@ -5,13 +5,16 @@ cross-entropy weighted by inverse class frequency, fixed seeds (per epoch, so a 
 same batches as an uninterrupted one). After every epoch: validation metrics appended to
 `<out>/metrics.csv` (`dvc plots show`), the checkpoint `<out>/last` (weights + optimizer, for
 `--resume`) and, when validation AP improves, `<out>/best`, which evaluation and prelabel use.
+Each checkpoint carries its decision threshold: the lowest p(available) that reaches `target_precision`
+on the validation split (rfnet.evaluate.choose_threshold), so evaluation reports it on test unchosen
+there, and pre-labels show annotators the decision the metrics describe.
+Samples with no five-way target are not trained on, but validation counts them as not available.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from tqdm import tqdm
 
 from rfnet import checkpoint
 from rfnet.data import ReleaseSplit, collate
-from rfnet.evaluate import metrics, predict
+from rfnet.evaluate import choose_threshold, metrics, predict
 from rfnet.model import CLASSES, RFNet, RFNetConfig
 
 
@@ -37,13 +40,14 @@ class TrainConfig:
     weight_decay: float = 0.01
     augment: bool = True
     seed: int = 0
+    target_precision: float = 0.9  # the decision threshold is the lowest one reaching it on validation
     model: RFNetConfig = field(default_factory=RFNetConfig)
     cache_dir: str | None = None
 
 
 def soft_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     per = -(target * weight * F.log_softmax(logits, dim=1)).sum(dim=1)
-    return per.sum() / (target * weight).sum()
+    return per.sum() / (target * weight).sum().clamp(min=1e-12)  # all-zero targets (no class) add nothing
 
 
 def class_weights(targets: list[torch.Tensor]) -> torch.Tensor:
@@ -69,11 +73,11 @@ def train(cfg: TrainConfig, resume: bool = False, data: tuple | None = None) -> 
     if data is None:
         data = (ReleaseSplit(cfg.release, "train", cfg.releases, size, cfg.augment, cfg.cache_dir),
                 ReleaseSplit(cfg.release, "validation", cfg.releases, size, False, cfg.cache_dir))
-    train_ds, val_ds = data
+    train_ds, val_ds = data[0].trainable(), data[1]
     if not len(train_ds):
         raise ValueError(f"release {cfg.release} has no trainable sample in its train split")
     weight = class_weights(train_ds.targets)
-    resuming = resume and (out / "last").exists()
+    resuming = resume and checkpoint.locate(out / "last") is not None
     model, meta = checkpoint.load(out / "last") if resuming else (RFNet(cfg.model), None)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
@@ -99,9 +103,11 @@ def train(cfg: TrainConfig, resume: bool = False, data: tuple | None = None) -> 
             step += 1
             total, n = total + loss.item() * len(batch["keys"]), n + len(batch["keys"])
         row = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": total / n}
+        decision = None
         if len(val_ds):
             _, probs, targets = predict(model, _loader(val_ds, cfg, None), desc="validate")
-            m = metrics(probs, targets)
+            decision = {**choose_threshold(probs, targets, cfg.target_precision), "release": cfg.release}
+            m = metrics(probs, targets, decision["threshold"])
             val_loss = float(soft_ce(torch.log(torch.from_numpy(probs).clamp(min=1e-9)), torch.from_numpy(targets),
                                      weight))
             row.update(val_loss=val_loss, val_ap=m["ap"], val_accuracy=m["accuracy"], val_f1=m["f1"])
@@ -109,12 +115,11 @@ def train(cfg: TrainConfig, resume: bool = False, data: tuple | None = None) -> 
             row.update(val_loss=float("nan"), val_ap=float("nan"), val_accuracy=float("nan"), val_f1=float("nan"))
         history.append(row)
         state = {"epoch": epoch, "step": step, "history": history, "train": asdict(cfg)}
-        checkpoint.save(out / "last", model, state, opt)
+        checkpoint.save(out / "last", model, state, opt, decision)
         score = row["val_ap"] if not math.isnan(row["val_ap"]) else -row["train_loss"]
-        if score > best or not (out / "best").exists():
+        if score > best or checkpoint.locate(out / "best") is None:
             best = score
-            shutil.rmtree(out / "best", ignore_errors=True)
-            checkpoint.save(out / "best", model, state)
+            checkpoint.save(out / "best", model, state, decision=decision)
         with open(out / "metrics.csv", "w", newline="") as f:
             w = csv.DictWriter(f, list(history[0]))
             w.writeheader()

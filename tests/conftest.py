@@ -74,18 +74,24 @@ def label_studio(tmp_path_factory):
         server.down(cfg)
 
 
-def write_consensus(labels: Path, batch: str, keys: list[str], flip: str | None = None, low: str | None = None):
-    """A consensus.parquet as `annotate consensus` writes it: alternating verdicts, optional changes."""
+def write_consensus(labels: Path, batch: str, keys: list[str], flip=(), low: str | None = None, undecided=()):
+    """A consensus.parquet as `annotate consensus` writes it: alternating verdicts, optional changes
+    (`flip` and `undecided` are collections of keys; an undecided sample is a 1-1 tie)."""
     from annotation.consensus import CONSENSUS_SCHEMA
 
     rows = []
     for i, k in enumerate(sorted(keys)):
         verdict = "available" if i % 2 else "not_available"
-        if k == flip:
+        if k in flip:
             verdict = "available" if verdict == "not_available" else "not_available"
+        n = 1 + i % 2
+        votes = {"votes_available": n * (verdict == "available"), "votes_not_available": n * (verdict != "available")}
+        if k in undecided:
+            verdict, n, votes = "not_available", 2, {"votes_available": 1, "votes_not_available": 1}
         reasons = ["size_mismatch", "shape_hallucination"] if verdict == "not_available" else []
         rows.append({"key": k, "verdict": verdict, "reasons": reasons, "confidence": 0.1 if k == low else 0.9,
-                     "majority_verdict": verdict, "majority_confidence": 1.0, "n_annotators": 1 + i % 2,
+                     "status": "undecided" if k in undecided else "decided", **votes,
+                     "majority_verdict": verdict, "majority_confidence": 1.0, "n_annotators": n,
                      "annotators": ["a@x"], "source": "simulated"})
     (labels / batch).mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=CONSENSUS_SCHEMA), labels / batch / "consensus.parquet")

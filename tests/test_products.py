@@ -96,3 +96,68 @@ def test_products_cut_off_by_the_frame_are_flagged(tmp_path):
     assert [r["truncated"] for r in rows] == [False, False, True] * 3
     assert truncated(np.pad(np.full((10, 10), 255, np.uint8), ((5, 0), (5, 5))), 0.25)  # runs off the bottom
     assert not truncated(np.pad(np.full((10, 10), 255, np.uint8), 5), 0.25)
+
+
+def products_folder(tmp_path, *names) -> Path:
+    src = tmp_path / "src"
+    for n in names:
+        (src / n).parent.mkdir(parents=True, exist_ok=True)
+        rgba_product(src / n)
+    return src
+
+
+def titles(out: Path) -> dict:
+    return {r["source"]: (r["title"], r["category"]) for r in pq.read_table(out / "products.parquet").to_pylist()}
+
+
+def test_metadata_matches_by_stem_name_or_path_case_insensitively_and_reports(tmp_path, capsys):
+    """A merchant's sheet says `sku-001`, the disk says `sku-001.png`: the row must still land."""
+    src = products_folder(tmp_path, "sku-001.png", "SKU-002.PNG", "sub/sku-003.png", "extra.png")
+    (tmp_path / "meta.csv").write_text("file,title,category\nsku-001,Red bottle,beauty\n"
+                                       "sku-002.png,Blue box,electronics\nSUB/SKU-003,Green can,beverage\n"
+                                       "ghost,Nowhere,none\n")
+    out = tmp_path / "o"
+    summary = run(ProductsConfig(source=str(src), metadata=str(tmp_path / "meta.csv"), out=str(out)))
+    assert titles(out) == {"sku-001.png": ("Red bottle", "beauty"), "SKU-002.PNG": ("Blue box", "electronics"),
+                           "sub/sku-003.png": ("Green can", "beverage"), "extra.png": ("extra", "uncategorised")}
+    assert summary["metadata_matched"] == 3 and summary["images_without_metadata"] == 1
+    assert summary["metadata_rows_without_image"] == 1 and summary["quarantined"] == 1
+    assert quarantine(out) == {"meta.csv row 5: ghost": "metadata_unmatched"}
+    err = capsys.readouterr().err
+    assert "3 images matched, 1 images have no row, 1 rows have no image" in err
+
+
+def test_metadata_keyed_by_product_id_column(tmp_path):
+    src = products_folder(tmp_path, "sku-001.png", "sku-002.png")
+    (tmp_path / "meta.json").write_text(json.dumps([{"product_id": "SKU-001", "title": "Glass jar"},
+                                                    {"product_id": "sku-002", "category": "kitchen"}]))
+    out = tmp_path / "o"
+    run(ProductsConfig(source=str(src), metadata=str(tmp_path / "meta.json"), out=str(out)))
+    assert titles(out) == {"sku-001.png": ("Glass jar", "uncategorised"), "sku-002.png": ("sku 002", "kitchen")}
+
+
+def test_metadata_ambiguity_has_a_defined_outcome(tmp_path):
+    """A name in two folders is refused, not guessed; of two rows for one image the more exact one wins."""
+    src = products_folder(tmp_path, "shoes/a.png", "bags/a.png", "c/b.png")
+    (tmp_path / "meta.csv").write_text("file,title\na.png,Which one\nbags/A.png,Tote\nb,By stem\n"
+                                       "b.png,By name\nB.PNG,Again by name\n")
+    out = tmp_path / "o"
+    summary = run(ProductsConfig(source=str(src), metadata=str(tmp_path / "meta.csv"), out=str(out)))
+    assert titles(out) == {"shoes/a.png": ("a", "uncategorised"), "bags/a.png": ("Tote", "uncategorised"),
+                           "c/b.png": ("By name", "uncategorised")}
+    assert quarantine(out) == {"meta.csv row 2: a.png": "metadata_ambiguous", "meta.csv row 4: b": "metadata_duplicate",
+                               "meta.csv row 6: B.PNG": "metadata_duplicate"}
+    assert summary["metadata_matched"] == 2 and summary["images_without_metadata"] == 1
+
+
+def test_metadata_that_matches_no_image_stops_with_a_clear_error(tmp_path, capsys):
+    from pipelines.cli import main
+
+    src = products_folder(tmp_path, "sku-001.png")
+    (tmp_path / "meta.csv").write_text("file,title\nother-001,Red bottle\nother-002,Blue box\n")
+    code = main(["--params", str(tmp_path / "none.yaml"), "products", "--source", str(src),
+                 "--metadata", str(tmp_path / "meta.csv"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("rf1m: error: ") and "none of its 2 rows names an image" in err
+    assert not (tmp_path / "o" / "products.parquet").exists()

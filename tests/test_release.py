@@ -4,14 +4,46 @@ import re
 import shutil
 import subprocess
 import sys
-from collections import Counter
+import tarfile
+from collections import Counter, defaultdict
 from dataclasses import replace
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from rf1m import release, schema
+from rf1m import release, schema, shards
 from tests.conftest import write_consensus
+
+
+def written_splits(out, version) -> dict[str, dict[str, set[str]]]:
+    """{"tar": {product_id: splits}, "parquet": {...}, "keys": {key: splits}}, from the files alone:
+    the split of a tar is in its name, a sample's product in its recipe.json; the labels Parquet's
+    split is its file name (what `load_dataset` uses) and must equal its `split` column."""
+    d = Path(out) / version
+    found = {"tar": defaultdict(set), "parquet": defaultdict(set), "keys": defaultdict(set)}
+    for path in sorted((d / "data").glob("*.tar")):
+        split = path.name.rsplit("-", 1)[0]
+        with tarfile.open(path) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".recipe.json"):
+                    recipe = json.loads(tar.extractfile(m).read())
+                    found["tar"][recipe["product_id"]].add(split)
+                    found["keys"][recipe["key"]].add(split)
+    for split in release.SPLITS:
+        for r in pq.read_table(d / "labels" / f"{split}.parquet").to_pylist():
+            assert r["split"] == split
+            found["parquet"][r["product_id"]].add(split)
+    return {k: dict(v) for k, v in found.items()}
+
+
+def product_splits(out, version) -> dict[str, str]:
+    """product_id -> its one split, after checking that tars and Parquet agree and no product is in two."""
+    found = written_splits(out, version)
+    assert found["tar"] == found["parquet"]
+    assert all(len(v) == 1 for v in found["tar"].values()), found["tar"]
+    return {pid: next(iter(v)) for pid, v in found["tar"].items()}
 
 
 def test_load_dataset_gives_declared_types_and_three_splits(released, tmp_path):
@@ -33,23 +65,109 @@ def test_load_dataset_gives_declared_types_and_three_splits(released, tmp_path):
         assert [r["label.cls"] for r in streamed] == ds[split]["label.cls"]
 
 
-def test_no_product_crosses_splits_and_splits_are_deterministic():
-    rows = [{"product_id": f"p{i % 50}", "category": ["a", "b", "c"][i % 3],
-             "verdict": "available" if i % 7 < 3 else "not_available"} for i in range(400)]
-    first = release.split_products(rows, (0.8, 0.1, 0.1), seed=0)
-    assert first == release.split_products(rows, (0.8, 0.1, 0.1), seed=0)
-    assert first != release.split_products(rows, (0.8, 0.1, 0.1), seed=1)
-    counts = Counter(first.values())
-    assert counts == {"train": 40, "validation": 5, "test": 5}
-    for cat in "abc":  # stratified: every category reaches the training split
-        assert any(first[r["product_id"]] == "train" for r in rows if r["category"] == cat)
+def test_split_rule_keeps_earlier_splits_and_deals_new_products_by_hash():
+    products = {f"p{i}": "abc"[i % 3] for i in range(50)}
+    first = release.split_products(products, (0.8, 0.1, 0.1), seed=0)
+    assert first == release.split_products(dict(reversed(products.items())), (0.8, 0.1, 0.1), seed=0)
+    assert Counter(first.values()) == {"train": 40, "validation": 5, "test": 5}
+    for cat in "abc":  # every category reaches the training split
+        assert any(first[p] == "train" for p, c in products.items() if c == cat)
+    # later: five products gone, ten new; fractions that would want everything elsewhere change nothing old
+    later = {**{p: c for p, c in products.items() if p not in {"p0", "p1", "p2", "p3", "p4"}},
+             **{f"q{i}": "d" for i in range(10)}}
+    second = release.split_products(later, (0.1, 0.1, 0.8), seed=0, earlier=first)
+    assert all(second[p] == first[p] for p in later if p in first)
+    assert Counter(second[f"q{i}"] for i in range(10)) == {"test": 10}  # 55 products: test far below 0.8
 
 
 def test_released_products_never_cross_splits(released):
-    root, cfg, _ = released
-    by_product = {}
-    for r in release.read_labels("v0.1", cfg.out):
-        assert by_product.setdefault(r["product_id"], r["split"]) == r["split"]
+    root, cfg, keys = released
+    found = written_splits(cfg.out, "v0.1")
+    assert sorted(found["keys"]) == sorted(keys)
+    assert set(product_splits(cfg.out, "v0.1").values()) == set(release.SPLITS)
+
+
+def fake_batch(shards_root: Path, batch: str, product_ids: list[str]) -> list[str]:
+    """Two samples per product with made-up recipes and a 1-pixel PNG for every member: release
+    compiling reads only sidecars and member bytes, so no diffusion is needed to exercise it."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    defaults = {pa.int64(): 0, pa.float64(): 0.7, pa.bool_(): False, pa.string(): "x"}
+    w = shards.ShardWriter(shards_root / batch, "shard-000000")
+    keys = []
+    for pid in product_ids:
+        for k in range(2):
+            key = f"{batch}-{pid}-s{k}"
+            recipe = {f.name: defaults[f.arrow] for f in schema.RECIPE}
+            recipe.update(key=key, batch_id=batch, product_id=pid, category=f"c{int(pid[1:]) % 3}", seed=k,
+                          created_at="2026-01-01T00:00:00+00:00")
+            w.write(key, {m.wds_name: buf.getvalue() for m in schema.MEMBERS}, recipe)
+            keys.append(key)
+    w.close()
+    return keys
+
+
+def test_products_keep_their_split_in_a_later_release(tmp_path):
+    """v0.1: 20 products. v0.2, compiled through the CLI with --parent v0.1: one product relabelled
+    (all its samples available), one dropped, five new ones in a second batch."""
+    from pipelines.cli import main
+
+    old, added = [f"p{i:02d}" for i in range(20)], [f"p{i:02d}" for i in range(20, 25)]
+    keys = fake_batch(tmp_path / "shards", "b1", old)
+    write_consensus(tmp_path / "labels1", "b1", keys)
+    cfg = release.ReleaseConfig(version="v0.1", batches=("b1",), shards=str(tmp_path / "shards"),
+                                labels=str(tmp_path / "labels1"), out=str(tmp_path / "releases"),
+                                splits=(0.6, 0.2, 0.2))
+    release.compile_release(cfg)
+    relabelled, dropped = "p03", "p11"
+    write_consensus(tmp_path / "labels2", "b1", [k for k in keys if f"-{dropped}-" not in k],
+                    flip={f"b1-{relabelled}-s0"})  # s0 was not available: now both samples are
+    write_consensus(tmp_path / "labels2", "b2", fake_batch(tmp_path / "shards", "b2", added))
+    (tmp_path / "params.yaml").write_text(json.dumps({"release": {
+        "batches": ["b1", "b2"], "shards": cfg.shards, "labels": str(tmp_path / "labels2"), "out": cfg.out,
+        "splits": [0.6, 0.2, 0.2]}}))
+    assert main(["--params", str(tmp_path / "params.yaml"), "release", "compile", "v0.2", "--parent", "v0.1"]) == 0
+
+    v1, v2 = product_splits(cfg.out, "v0.1"), product_splits(cfg.out, "v0.2")
+    assert sorted(v1) == old and sorted(v2) == sorted(set(old + added) - {dropped})
+    assert Counter(v1.values()) == {"train": 12, "validation": 4, "test": 4}
+    assert {p: v2[p] for p in v1 if p in v2} == {p: v1[p] for p in v1 if p in v2}
+    assert release.diff("v0.1", "v0.2", cfg.out)["relabelled"] == [f"b1-{relabelled}-s0"]
+
+
+def test_releases_that_disagree_on_a_split_are_refused(tmp_path):
+    for version, split in (("v0.1", "train"), ("v0.2", "test")):
+        d = tmp_path / version
+        (d / "labels").mkdir(parents=True)
+        (d / "manifest.json").write_text("{}")
+        for s in release.SPLITS:
+            rows = [{"product_id": "p7", "split": s}] if s == split else []
+            pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("product_id", pa.string()),
+                                                                        ("split", pa.string())])),
+                           d / "labels" / f"{s}.parquet")
+    with pytest.raises(ValueError, match=r"'p7' is in train in release v0.1 but in test in release v0.2"):
+        release.earlier_splits(tmp_path)
+
+
+def test_undecided_samples_are_left_out_and_counted(released, tmp_path):
+    root, cfg, keys = released
+    tie = sorted(keys)[1]
+    write_consensus(tmp_path / "labels", cfg.batches[0], keys, undecided={tie})
+    base = replace(cfg, labels=str(tmp_path / "labels"), out=str(tmp_path / "releases"))
+    summary = release.compile_release(base)
+    assert summary["excluded"] == {"undecided": 1} and summary["samples"] == len(keys) - 1
+    assert tie not in written_splits(base.out, "v0.1")["keys"]
+    assert "Labelled samples left out, by the first rule that applies:\n1 undecided." in (
+        Path(base.out) / "v0.1" / "README.md").read_text()
+    with pytest.raises(ValueError, match="undecided must be exclude or not_available"):
+        release.compile_release(replace(base, version="v0.3", policy=release.Policy(undecided="keep")))
+    kept = replace(base, version="v0.2", policy=release.Policy(undecided="not_available"))
+    assert release.compile_release(kept)["excluded"] == {}
+    assert [r["label"] for r in release.read_labels("v0.2", base.out) if r["key"] == tie] == [1]
 
 
 def test_card_numbers_equal_counts_from_the_data(released):
@@ -86,7 +204,7 @@ def test_verify_catches_a_flipped_byte_and_overwrite_is_refused(released, tmp_pa
 def test_diff_on_a_constructed_pair(released):
     root, cfg, keys = released
     ks = sorted(keys)
-    write_consensus(root / "labels2", cfg.batches[0], ks, flip=ks[2], low=ks[4])
+    write_consensus(root / "labels2", cfg.batches[0], ks, flip={ks[2]}, low=ks[4])
     v2 = replace(cfg, version="v0.2", parent="v0.1", labels=str(root / "labels2"),
                  policy=release.Policy(min_confidence=0.5))
     release.compile_release(v2)
