@@ -7,7 +7,10 @@ be picked) shown only when Not available, and an optional rectangle to mark the 
 
 from __future__ import annotations
 
+from functools import lru_cache
 from html import escape
+
+from label_studio_sdk.label_interface import LabelInterface
 
 from rf1m import schema
 
@@ -15,6 +18,9 @@ VERDICT = "verdict"
 REASONS = "reasons"
 DEFECT = "defect"
 VERDICT_TITLES = {"available": "Available", "not_available": "Not available"}
+# The Label Studio user record says who is simulated: the panel creates its users with this first name,
+# and pull reads `source` from the record, so labels never depend on the panel's code.
+SIMULATED_FIRST_NAME = "Simulated"
 REASON_HOTKEYS = "qwertyuiop"
 
 
@@ -52,6 +58,21 @@ def labeling_config() -> str:
     </RectangleLabels>
   </View>
 </View>"""
+
+
+@lru_cache(maxsize=1)
+def label_interface() -> LabelInterface:
+    """The labelling config parsed by the SDK, checked against the taxonomy it was derived from.
+
+    The layout (side panel, reasons shown only for Not available) is written as XML because
+    `LabelInterface.create` only lays tags out flat; the SDK then parses it, and this check fails loudly
+    if a control lost a choice, so push never creates a project whose config cannot hold a label."""
+    li = LabelInterface(labeling_config())
+    want = {VERDICT: list(schema.VERDICTS), REASONS: list(schema.REASON_NAMES)}
+    got = {name: li.get_control(name).labels for name in want}
+    if got != want:
+        raise AssertionError(f"labelling config out of step with rf1m.schema: {got} != {want}")
+    return li
 
 
 def instructions() -> str:

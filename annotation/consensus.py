@@ -28,11 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from rf1m import schema
-from rf1m.shards import write_json_atomic
+from rf1m import schema, tables
+from rf1m.atomic import write_json
 
 CLASSES = schema.VERDICTS  # index 0 = available
 
@@ -188,26 +186,16 @@ def gold_accuracy(rows: list[dict], gold: dict[str, dict]) -> dict:
                 "reason_jaccard": float(np.mean([y for _, y in v]))} for a, v in sorted(acc.items())}
 
 
-CONSENSUS_SCHEMA = pa.schema([
-    ("key", pa.string()), ("verdict", pa.string()), ("reasons", pa.list_(pa.string())),
-    ("confidence", pa.float64()), ("status", pa.string()), *[(f"votes_{c}", pa.int64()) for c in CLASSES],
-    ("majority_verdict", pa.string()), ("majority_confidence", pa.float64()),
-    ("n_annotators", pa.int64()), ("annotators", pa.list_(pa.string())), ("source", pa.string())])
-
-
 def run(cfg: ConsensusConfig) -> dict:
     d = Path(cfg.labels) / cfg.batch_id
     labels_file = d / "labels.parquet"
     if not labels_file.exists():
         raise ValueError(f"no labels for batch {cfg.batch_id!r} in {d}: pull them first")
-    rows = pq.read_table(labels_file).to_pylist()
+    rows = tables.read(tables.LABELS, labels_file).to_pylist()
     out, agreement = consensus([r for r in rows if not r["gold"]], cfg.min_shared_items)
-    gold_file = d / "gold.parquet"
-    gold = {g["key"]: g for g in pq.read_table(gold_file).to_pylist()} if gold_file.exists() else {}
+    gold = {g["key"]: g for g in tables.read(tables.GOLD, d / "gold.parquet", missing_ok=True).to_pylist()}
     agreement["gold_accuracy"] = gold_accuracy([r for r in rows if r["gold"]], gold)
-    tmp = d / "consensus.parquet.tmp"
-    pq.write_table(pa.Table.from_pylist(out, schema=CONSENSUS_SCHEMA), tmp)
-    tmp.replace(d / "consensus.parquet")
-    write_json_atomic(d / "agreement.json", agreement)
+    tables.write(tables.CONSENSUS, out, d / "consensus.parquet")
+    write_json(d / "agreement.json", agreement)
     return {k: agreement[k] for k in ("samples", "judgements", "undecided", "available_rate", "krippendorff_alpha",
                                       "reasons")}

@@ -5,13 +5,15 @@ order), POST /webhook (annotation events; acknowledged). Standard library only: 
 `label-studio-ml` SDK is not on PyPI and the PyPI one pins Flask 1.x.
 
 Predictors:
-  predictions:<file.parquet>  serves RFNet's predictions Parquet (key, model_version, threshold,
-                              p_<label>), the same file and the same decision (`rf1m.decision`) that
-                              `annotate push` attaches to tasks
+  predictions:<file.parquet>  serves RFNet's predictions table (`rf1m.tables.PREDICTIONS`: the
+                              probabilities and the decision prelabel took), the same file and the
+                              same decision that `annotate push` attaches to tasks
   null                        until a model exists: answers every task with no prediction, so the
                               project works and annotators simply see no pre-label
-Connect it to a project with `rf1m annotate ml-backend --connect` (Label Studio must be allowed to
-call loopback: `up` sets ML_BLOCK_LOCAL_IP=false and SSRF_PROTECTION_ENABLED=false).
+Connect it to a project with `rf1m annotate ml-backend --connect`; `retrieve_predictions` then asks
+Label Studio to call /predict for the project's tasks and store the answers as predictions. Label
+Studio refuses to call a backend on loopback unless `up` was told so (`allow_loopback_ml_backend`,
+which turns off its SSRF protection; see annotation/server.py).
 """
 
 from __future__ import annotations
@@ -104,8 +106,19 @@ def serve(predictor, host: str = "127.0.0.1", port: int = 9090, background: bool
 
 
 def connect(client: Client, project_id: int, url: str, title: str = "RFNet") -> dict:
-    """Attach the backend to a project (once; a second call finds the existing link)."""
-    for b in client.get("/api/ml", project=project_id):
-        if b["url"].rstrip("/") == url.rstrip("/"):
-            return b
-    return client.post("/api/ml", {"project": project_id, "url": url, "title": title, "is_interactive": False})
+    """Attach the backend to a project (once; a second call finds the existing link).
+    Label Studio calls /setup on the way and keeps the model_version the backend names."""
+    for b in client.call("ml.list", client.ls.ml.list, project=project_id):
+        if b.url.rstrip("/") == url.rstrip("/"):
+            return b.model_dump()
+    return client.call("ml.create", client.ls.ml.create, retry=False, project=project_id, url=url, title=title,
+                       is_interactive=False).model_dump()
+
+
+def retrieve_predictions(client: Client, project_id: int, task_ids: list[int] | None = None) -> None:
+    """Label Studio's "Retrieve Predictions" action: it posts the tasks (all, or `task_ids`) to the
+    connected backend's /predict and stores each answer as the task's prediction. Repeating it is
+    harmless: Label Studio replaces the backend's earlier prediction of the same model version."""
+    selected = {"all": True, "excluded": []} if task_ids is None else {"all": False, "included": task_ids}
+    client.call("actions.create", client.ls.actions.create, retry=False, id="retrieve_tasks_predictions",
+                project=project_id, selected_items=selected)

@@ -1,5 +1,6 @@
 """A simulated annotator panel, for the demo, CI and benchmarks only. Its labels are marked
-`source=simulated` wherever they land (annotators are `sim-NN@panel.rf1m.local`).
+`source=simulated` wherever they land (annotators are `sim-NN@panel.rf1m.local`, Label Studio users
+whose first name is `Simulated`: pull reads the source from that record, not from this module).
 
 Each simulated annotator is a Label Studio user and labels through the API as a person would: it
 reads the project's tasks, judges the sample's images, and posts one annotation per task it is
@@ -37,8 +38,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from annotation.client import Client, LabelStudioError
-from annotation.config import choice_result
-from rf1m import shards
+from annotation.config import SIMULATED_FIRST_NAME, choice_result
+from rf1m import shards, tables
 
 DOMAIN = "panel.rf1m.local"
 
@@ -136,16 +137,15 @@ def make_panel(cfg: PanelConfig) -> list[Annotator]:
 
 
 def ensure_users(client: Client, emails: list[str]) -> dict[str, int]:
-    users = {u["email"]: u["id"] for u in client.get("/api/users")}
+    users = {u["email"]: i for i, u in client.users().items()}
     for email in emails:
         if email not in users:
             name = email.split("@")[0]
             try:
-                u = client.post("/api/users", {"email": email, "username": name, "first_name": "Simulated",
-                                               "last_name": name})
+                users[email] = client.call("users.create", client.ls.users.create, retry=False, email=email,
+                                           username=name, first_name=SIMULATED_FIRST_NAME, last_name=name).id
             except LabelStudioError:  # created by a request whose answer was lost
-                u = next(u for u in client.get("/api/users") if u["email"] == email)
-            users[email] = u["id"]
+                users[email] = next(i for i, u in client.users().items() if u["email"] == email)
     return users
 
 
@@ -159,28 +159,19 @@ def sample_features(cfg: PanelConfig) -> dict[str, dict]:
 
 
 def _member(batch_dir: Path, row: dict, member: str, mode: str) -> np.ndarray:
-    data = shards.read_member(batch_dir / row["shard"], row[f"{member}_offset"], row[f"{member}_size"])
-    return np.asarray(Image.open(io.BytesIO(data)).convert(mode))
+    return np.asarray(Image.open(io.BytesIO(shards.member_bytes(batch_dir, row, member))).convert(mode))
 
 
 def write_gold(cfg: PanelConfig, labels: str = "data/labels") -> dict:
     """The simulated answer key: the panel's rules without noise, for every sample of the batch.
 
     Push mixes `gold_rate` of these into the project as gold tasks. With people, a quality lead
-    writes this file instead (columns key, verdict, reasons, source)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    writes this file instead (rf1m.tables.GOLD: key, verdict, reasons, source)."""
     rows = []
     for key, f in sorted(sample_features(cfg).items()):
         verdict, reasons = judge(f, cfg.rules)
         rows.append({"key": key, "verdict": verdict, "reasons": reasons, "source": "simulated"})
-    out = Path(labels) / cfg.batch_id
-    out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([
-        ("key", pa.string()), ("verdict", pa.string()), ("reasons", pa.list_(pa.string())),
-        ("source", pa.string())])), out / "gold.parquet.tmp")
-    (out / "gold.parquet.tmp").replace(out / "gold.parquet")
+    tables.write(tables.GOLD, rows, Path(labels) / cfg.batch_id / "gold.parquet")
     return {"gold_answers": len(rows), "available": sum(r["verdict"] == "available" for r in rows)}
 
 
@@ -196,10 +187,11 @@ def run(cfg: PanelConfig, project_id: int, client: Client | None = None) -> dict
     users = ensure_users(client, [a.email for a in panel])
     by_id = {v: k for k, v in users.items()}
     feats = sample_features(cfg)
-    tasks = list(client.pages("/api/tasks", "tasks", project=project_id, fields="all"))
+    tasks = [t.model_dump() for t in client.call("tasks.list", lambda: list(client.ls.tasks.list(
+        project=project_id, fields="all", page_size=1000)))]
     posted = []
     for task in tqdm(tasks, desc="simulated annotators", unit="task"):
-        done = {by_id.get(a["completed_by"]) for a in task.get("annotations", [])}
+        done = {by_id.get(a["completed_by"]) for a in task.get("annotations") or []}
         f = feats[task["data"]["key"]]
         for idx in assign(task["id"], task.get("overlap") or 1, len(panel)):
             ann = panel[idx]
@@ -207,9 +199,9 @@ def run(cfg: PanelConfig, project_id: int, client: Client | None = None) -> dict
             verdict, reasons = ann.label(f)
             if ann.email in done:
                 continue
-            client.post(f"/api/tasks/{task['id']}/annotations", {
-                "result": choice_result(verdict, reasons), "completed_by": users[ann.email],
-                "lead_time": round(ann.rng.uniform(2.0, 12.0), 2)})
+            client.call("annotations.create", client.ls.annotations.create, task["id"], retry=False,
+                        result=choice_result(verdict, reasons), completed_by=users[ann.email],
+                        lead_time=round(ann.rng.uniform(2.0, 12.0), 2))
             posted.append({"task_key": task["data"]["task_key"], "annotator": ann.email, "verdict": verdict,
                            "reasons": reasons})
     return {"project_id": project_id, "tasks": len(tasks), "annotations_posted": len(posted),

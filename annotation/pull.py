@@ -1,9 +1,14 @@
 """Pull a batch's annotations from Label Studio into `<labels>/<batch>/labels.parquet`.
 
-Incremental: only annotations created or changed after the watermark of the last pull are parsed and
-merged (upserted on the annotation id, so pulling twice duplicates nothing). The labels file is
-written and renamed into place first; only then does the watermark advance, so a pull that dies
-half-way is simply redone. Label Studio down or answering 5xx: retries with backoff, then a clear
+Incremental: the first pull reads every task; later pulls ask Label Studio (Data Manager filter
+`filter:tasks:updated_at` greater than the watermark) for only the tasks changed since the newest
+task of the last pull, minus a safety overlap (`overlap_s`: a write that committed late still lands
+in the window), and read only their annotations. Creating, editing and deleting an annotation all
+bump its task's `updated_at` (tests/test_labelstudio.py checks each against a real server), so a
+changed task brings its whole current set of annotations: they are upserted on the annotation id
+(pulling twice duplicates nothing), and the task's local labels that Label Studio no longer has are
+removed. The labels file is written and renamed into place first; only then does the watermark
+advance, so a pull that dies half-way is simply redone. Label Studio down or answering 5xx: retries with backoff, then a clear
 error, and nothing on disk changes. Annotations whose verdict or reasons are not in the taxonomy go
 to `quarantine.jsonl` with the reason, and the rest of the batch goes on.
 """
@@ -15,29 +20,47 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from annotation.client import Client
-from annotation.config import DEFECT, REASONS, VERDICT
-from annotation.panel import DOMAIN
-from annotation.push import find_project
-from rf1m import schema
-from rf1m.quarantine import Record, to_jsonl
-from rf1m.shards import commit_file, write_json_atomic
+from annotation.config import DEFECT, REASONS, SIMULATED_FIRST_NAME, VERDICT
+from annotation.push import quarantine, require_project
+from rf1m import schema, tables
+from rf1m.atomic import write_json
+from rf1m.quarantine import Record
 
 
 @dataclass(frozen=True)
 class PullConfig:
     batch_id: str = "demo"
     labels: str = "data/labels"
+    overlap_s: float = 60.0  # re-read tasks changed this long before the watermark (late commits)
 
 
-def _ts(s: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+def _ts(s: str | dt.datetime) -> dt.datetime:
+    return s if isinstance(s, dt.datetime) else dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
 
 
-def parse(task: dict, ann: dict, emails: dict[int, str], project_id: int) -> dict:
+def changed_since(since: dt.datetime | None) -> str | None:
+    """The Data Manager query for tasks updated after `since` (None: every task)."""
+    if since is None:
+        return None
+    return json.dumps({"filters": {"conjunction": "and", "items": [
+        {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime",
+         "value": since.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}]}})  # the one format LS parses
+
+
+def list_tasks(client: Client, project_id: int, since: dt.datetime | None) -> list[dict]:
+    """The project's tasks changed after `since` (all when None), with their annotations."""
+    tasks = client.call("tasks.list", lambda: list(client.ls.tasks.list(
+        project=project_id, fields="all", page_size=1000, query=changed_since(since))))
+    return [{"id": t.id, "data": t.data, "updated_at": _ts(t.updated_at), "annotations": t.annotations or []}
+            for t in tasks]
+
+
+def source(user: dict) -> str:
+    return "simulated" if user.get("first_name") == SIMULATED_FIRST_NAME else "human"
+
+
+def parse(task: dict, ann: dict, users: dict[int, dict], project_id: int) -> dict:
     """One annotation -> one labels row; raises ValueError (with the reason) for what the taxonomy lacks."""
     verdict, reasons, regions = None, [], []
     for r in ann.get("result", []):
@@ -54,13 +77,13 @@ def parse(task: dict, ann: dict, emails: dict[int, str], project_id: int) -> dic
     if unknown:
         raise ValueError(f"unknown_reason: {', '.join(map(repr, unknown))}")
     data = task["data"]
-    email = emails.get(ann["completed_by"], str(ann["completed_by"]))
+    user = users.get(ann["completed_by"], {"email": str(ann["completed_by"])})  # a deleted user: its id
     pre = data.get("prelabel")
     accepted = bool(ann.get("parent_prediction")) and pre is not None and \
         (pre["verdict"], sorted(pre["reasons"])) == (verdict, sorted(reasons))
     return {"annotation_id": ann["id"], "task_id": task["id"], "project_id": project_id, "key": data["key"],
-            "batch_id": data.get("batch_id", ""), "gold": bool(data.get("gold")), "annotator": email,
-            "source": "simulated" if email.endswith("@" + DOMAIN) else "human", "verdict": verdict,
+            "batch_id": data.get("batch_id", ""), "gold": bool(data.get("gold")), "annotator": user["email"],
+            "source": source(user), "verdict": verdict,
             "reasons": reasons if verdict == "not_available" else [], "regions": json.dumps(regions),
             "lead_time": float(ann.get("lead_time") or 0.0), "prediction_accepted": accepted,
             "created_at": _ts(ann["created_at"]), "updated_at": _ts(ann["updated_at"])}
@@ -72,39 +95,40 @@ def run(cfg: PullConfig, client: Client | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     state_file, labels_file = out / "pull_state.json", out / "labels.parquet"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
-    project = find_project(client, cfg.batch_id)
-    if project is None:
-        raise ValueError(f"no Label Studio project for batch {cfg.batch_id!r}: push it first")
-    watermark = _ts(state["watermark"]) if state.get("watermark") else None
-    tasks = client.request("GET", f"/api/projects/{project['id']}/export", params={"exportType": "JSON"}).json()
-    emails = {u["id"]: u["email"] for u in client.get("/api/users")}
-    fresh, rejected, newest = {}, [], watermark
+    project = require_project(client, cfg.batch_id)
+    if state.get("project_id") not in (None, project["id"]):  # the batch was pushed again to a new project
+        state = {}
+    watermark = _ts(state["task_watermark"]) if state.get("task_watermark") else None
+    since = watermark - dt.timedelta(seconds=cfg.overlap_s) if watermark else None
+    tasks = list_tasks(client, project["id"], since)
+    users = client.users() if tasks else {}
+    fresh, rejected, newest, seen_tasks = {}, [], watermark, set()
     for task in tasks:
-        for ann in task.get("annotations", []):
-            changed = _ts(ann["updated_at"])
-            if ann.get("was_cancelled") or (watermark and changed < watermark):  # equal: re-read, upsert dedupes
+        seen_tasks.add(task["id"])
+        newest = max(newest or task["updated_at"], task["updated_at"])
+        for ann in task["annotations"]:
+            if ann.get("was_cancelled"):
                 continue
-            newest = max(newest or changed, changed)
             try:
-                fresh[ann["id"]] = parse(task, ann, emails, project["id"])
+                fresh[ann["id"]] = parse(task, ann, users, project["id"])
             except ValueError as e:
                 reason, detail = str(e).split(": ", 1)
                 rejected.append(Record("annotate_pull", f"annotation {ann['id']} (task {task['id']})", reason,
                                        f"not in the taxonomy: {detail}"))
-    old = pq.read_table(labels_file).to_pylist() if labels_file.exists() else []
+    old = tables.read(tables.LABELS, labels_file, missing_ok=True).to_pylist()
     before = {r["annotation_id"]: r["updated_at"] for r in old}
     changed = sum(before.get(i) != r["updated_at"] for i, r in fresh.items())
-    rows = [r for r in old if r["annotation_id"] not in fresh] + list(fresh.values())
-    rows.sort(key=lambda r: r["annotation_id"])
-    tmp = labels_file.with_name(labels_file.name + ".tmp")
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema.labels_schema()), tmp)
-    commit_file(tmp, labels_file)  # fsync + rename: on disk before the watermark may move
-    qfile = out / "quarantine.jsonl"
-    seen = {json.loads(line)["item"] for line in qfile.read_text().splitlines()} if qfile.exists() else set()
-    with open(qfile, "a", encoding="utf-8") as f:
-        f.write(to_jsonl([r for r in rejected if r.item not in seen]))
+    # a re-read task brings all its annotations: its local rows missing from them were deleted (or cancelled,
+    # or edited into something the taxonomy lacks, which is then quarantined)
+    kept = [r for r in old if r["annotation_id"] not in fresh and r["task_id"] not in seen_tasks]
+    rows = sorted(kept + list(fresh.values()), key=lambda r: r["annotation_id"])
+    removed = len(old) - len(kept) - sum(r["annotation_id"] in before for r in fresh.values())
+    if tasks or not labels_file.exists():
+        tables.write(tables.LABELS, rows, labels_file)  # durable: on disk before the watermark may move
+    if rejected:
+        quarantine(out / "quarantine.jsonl", rejected)
     # only now, with the labels safely on disk, does the watermark move
-    write_json_atomic(state_file, {"project_id": project["id"],
-                                   "watermark": newest.isoformat() if newest else None})
-    return {"project_id": project["id"], "new_or_changed": changed, "labels": len(rows),
-            "quarantined_now": len(rejected), "labels_file": str(labels_file)}
+    write_json(state_file, {"project_id": project["id"],
+                            "task_watermark": newest.isoformat() if newest else None})
+    return {"project_id": project["id"], "tasks_read": len(tasks), "new_or_changed": changed, "removed": removed,
+            "labels": len(rows), "quarantined_now": len(rejected), "labels_file": str(labels_file)}

@@ -4,6 +4,10 @@ Idempotent by key: the project is found by its title (`RF1M batch <id>`), the ke
 listed first, and only missing tasks are imported, in chunks. If an import chunk fails without an
 answer, the keys are listed again before retrying, so a lost response never doubles a task.
 
+Each distinct pre-label is checked against the project's labelling config with the SDK's
+`LabelInterface` before it is sent: one that names a choice the config lacks is left off its task and
+recorded in `<labels>/<batch>/quarantine.jsonl`, and the task goes out without it.
+
 Images are served by Label Studio's local-files storage from `<data>/media/<batch>/`; push extracts
 them from the shards by the sidecar offsets (no tar is unpacked). For scale, point the project at
 cloud storage instead (S3/GCS import storage with the same relative paths).
@@ -16,13 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from annotation.client import Client, LabelStudioUnavailable
-from annotation.config import choice_result, instructions, labeling_config
-from rf1m import schema, shards
-from rf1m.decision import decide
+from annotation.config import choice_result, instructions, label_interface, labeling_config
+from rf1m import shards, tables
+from rf1m.atomic import write_atomic
+from rf1m.quarantine import Record
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,7 @@ class PushConfig:
     labels: str = "data/labels"  # gold answers are read from <labels>/<batch>/gold.parquet
     media: str = "data/media"  # must lie under Label Studio's files root
     files_root: str = "data"
-    predictions: str | None = None  # Parquet: key, model_version, p_<label> (RFNet's prelabel output)
+    predictions: str | None = None  # RFNet's predictions table (rf1m.tables.PREDICTIONS), from prelabel
     gold_rate: float = 0.05  # gold tasks per sample
     overlap_fraction: float = 0.3  # share of tasks that get >= 2 annotators
     overlap: int = 2
@@ -45,10 +49,19 @@ def project_title(batch_id: str) -> str:
 
 
 def find_project(client: Client, batch_id: str) -> dict | None:
-    for p in client.pages("/api/projects", "results"):
-        if p["title"] == project_title(batch_id):
-            return p
+    title = project_title(batch_id)
+    for p in client.call("projects.list", lambda: list(client.ls.projects.list(search=title, page_size=100))):
+        if p.title == title:  # search matches substrings: "RF1M batch t" also finds "RF1M batch t2"
+            return {"id": p.id, "title": p.title}
     return None
+
+
+def require_project(client: Client, batch_id: str) -> dict:
+    """The batch's project, for every step after push (simulate, pull, the ML backend)."""
+    project = find_project(client, batch_id)
+    if project is None:
+        raise ValueError(f"no Label Studio project for batch {batch_id!r}: push it first")
+    return project
 
 
 def ensure_project(client: Client, cfg: PushConfig) -> tuple[dict, bool]:
@@ -56,54 +69,66 @@ def ensure_project(client: Client, cfg: PushConfig) -> tuple[dict, bool]:
     project = find_project(client, cfg.batch_id)
     created = project is None
     if created:
-        project = client.post("/api/projects", {
-            "title": project_title(cfg.batch_id), "label_config": labeling_config(),
-            "description": f"RF1M generation batch {cfg.batch_id}: is each candidate advert usable?",
-            "expert_instruction": instructions(), "show_instruction": True,
-            "maximum_annotations": cfg.overlap, "overlap_cohort_percentage": round(100 * cfg.overlap_fraction),
-            "show_skip_button": False, "enable_empty_annotation": False,
-        })
+        # not retried: a lost answer would make a second project; a re-run finds the first by its title
+        p = client.call("projects.create", client.ls.projects.create, retry=False,
+                        title=project_title(cfg.batch_id), label_config=labeling_config(),
+                        description=f"RF1M generation batch {cfg.batch_id}: is each candidate advert usable?",
+                        expert_instruction=instructions(), show_instruction=True,
+                        maximum_annotations=cfg.overlap, overlap_cohort_percentage=round(100 * cfg.overlap_fraction),
+                        show_skip_button=False, enable_empty_annotation=False)
+        project = {"id": p.id, "title": p.title}
     media = (Path(cfg.media) / cfg.batch_id).resolve()
     media.mkdir(parents=True, exist_ok=True)
-    storages = client.get("/api/storages/localfiles", project=project["id"])
-    if not any(Path(s["path"]) == media for s in storages):
-        client.post("/api/storages/localfiles", {"project": project["id"], "path": str(media),
-                                                   "title": f"{cfg.batch_id} media", "use_blob_urls": False})
+    local = client.ls.import_storage.local
+    if not any(Path(s.path) == media for s in client.call("storages.list", local.list, project=project["id"])):
+        client.call("storages.create", local.create, retry=False, project=project["id"], path=str(media),
+                    title=f"{cfg.batch_id} media", use_blob_urls=False)
     return project, created
 
 
 def existing_keys(client: Client, project_id: int) -> set[str]:
-    return {t["data"]["task_key"] for t in client.pages("/api/tasks", "tasks", project=project_id,
-                                                          fields="task_only") if "task_key" in t["data"]}
+    tasks = client.call("tasks.list", lambda: list(client.ls.tasks.list(project=project_id, fields="task_only",
+                                                                         page_size=1000)))
+    return {t.data["task_key"] for t in tasks if "task_key" in (t.data or {})}
 
 
 def read_predictions(path: str | None) -> dict[str, dict]:
-    """key -> {model_version, score, verdict, reasons} from RFNet's predictions Parquet.
+    """key -> {model_version, score, verdict, reasons} from RFNet's predictions table.
 
-    The verdict is `rf1m.decision.decide` at the file's `threshold` (the checkpoint's validated one; files
-    without the column get the default), over the reasons the file has a p_<reason> column for: the
-    decision evaluation measured, not a copy of it."""
+    The verdict and reasons are the file's own: prelabel decided them with `rf1m.decision.decide` at
+    the checkpoint's validated threshold, the decision evaluation measured. A file that breaks the
+    predictions contract stops here (tables.ContractError) rather than showing defaults."""
     if not path or not Path(path).exists():
         return {}
-    out = {}
-    for row in pq.read_table(path).to_pylist():
-        p_reasons = {r: row[f"p_{r}"] for r in schema.REASON_NAMES if row.get(f"p_{r}") is not None}
-        out[row["key"]] = {"model_version": row["model_version"],
-                           **decide(row["p_available"], p_reasons, row.get("threshold"))}
-    return out
+    return {r["key"]: {"model_version": r["model_version"], "score": r["p_available"], "verdict": r["verdict"],
+                       "reasons": r["reasons"]} for r in tables.read(tables.PREDICTIONS, path).to_pylist()}
 
 
 def extract_media(jobs: list[tuple[Path, dict, str, Path]]) -> None:
     """Write each task's images where Label Studio serves them from (skipping those already there)."""
-    for tar, row, member, target in jobs:
+    for batch_dir, row, member, target in jobs:
         if not target.exists():
-            tmp = target.with_name(target.name + ".tmp")
-            tmp.write_bytes(shards.read_member(tar, row[f"{member}_offset"], row[f"{member}_size"]))
-            tmp.replace(target)
+            write_atomic(target, shards.member_bytes(batch_dir, row, member))
 
 
-def build_tasks(cfg: PushConfig) -> tuple[list[dict], list]:
-    """Every task of the batch (samples, then gold copies), deterministic by seed, and the media to write."""
+def checked_prediction(p: dict, checked: dict) -> tuple[dict | None, str]:
+    """The task's `predictions` entry, or None and why the labelling config refuses it.
+
+    The answer depends only on the verdict and reasons, so each distinct pair is validated once
+    (`checked` remembers them): validating every task would cost push about a tenth of its time."""
+    pair = (p["verdict"], tuple(p["reasons"]))
+    if pair not in checked:
+        errors = label_interface().validate_prediction({"result": choice_result(*pair)}, return_errors=True)
+        checked[pair] = "; ".join(errors) if errors is not True else ""
+    if checked[pair]:
+        return None, checked[pair]
+    return {"model_version": p["model_version"], "score": p["score"],
+            "result": choice_result(p["verdict"], p["reasons"])}, ""
+
+
+def build_tasks(cfg: PushConfig, refused: list[Record] | None = None) -> tuple[list[dict], list]:
+    """Every task of the batch (samples, then gold copies), deterministic by seed, and the media to write.
+    Pre-labels the labelling config refuses are left off and appended to `refused`."""
     batch_dir = Path(cfg.shards) / cfg.batch_id
     rows = sorted(shards.read_sidecars(batch_dir).to_pylist(), key=lambda r: r["key"])
     if not rows:
@@ -113,26 +138,38 @@ def build_tasks(cfg: PushConfig) -> tuple[list[dict], list]:
     prefix = "/data/local-files/?d=" + str(media.relative_to(Path(cfg.files_root).resolve())) + "/"
     preds = read_predictions(cfg.predictions)
     gold_file = Path(cfg.labels) / cfg.batch_id / "gold.parquet"
-    gold = {g["key"]: g for g in pq.read_table(gold_file).to_pylist()} if gold_file.exists() else {}
-    tasks, jobs = [], []
+    gold = {g["key"]: g for g in tables.read(tables.GOLD, gold_file, missing_ok=True).to_pylist()}
+    tasks, jobs, checked = [], [], {}
     for row in rows:
         for member in ("image", "product"):
-            jobs.append((batch_dir / row["shard"], row, member, media / f"{row['key']}.{member}.png"))
+            jobs.append((batch_dir, row, member, media / f"{row['key']}.{member}.png"))
         data = {"task_key": row["key"], "key": row["key"], "batch_id": cfg.batch_id, "gold": False,
                 "image": f"{prefix}{row['key']}.image.png", "product": f"{prefix}{row['key']}.product.png",
                 "title": row["title"], "prompt": row["prompt"]}
         task = {"data": data}
         if row["key"] in preds:
             p = preds[row["key"]]
-            data["prelabel"] = {"verdict": p["verdict"], "reasons": p["reasons"]}
-            task["predictions"] = [{"model_version": p["model_version"], "score": p["score"],
-                                    "result": choice_result(p["verdict"], p["reasons"])}]
+            prediction, why = checked_prediction(p, checked)
+            if prediction is None:
+                if refused is not None:
+                    refused.append(Record("annotate_push", f"prediction for {row['key']} ({p['model_version']})",
+                                          "invalid_prediction", f"the labelling config refuses it: {why}"))
+            else:
+                data["prelabel"] = {"verdict": p["verdict"], "reasons": p["reasons"]}
+                task["predictions"] = [prediction]
         tasks.append(task)
     by_key = {t["data"]["key"]: t["data"] for t in tasks}
     known = sorted(k for k in gold if k in by_key)
     for key in random.Random(cfg.seed).sample(known, min(len(known), round(cfg.gold_rate * len(rows)))):
         tasks.append({"data": {**by_key[key], "task_key": f"gold-{key}", "gold": True}})
     return tasks, jobs
+
+
+def quarantine(qfile: Path, records: list[Record]) -> None:
+    """Add records to a batch's quarantine file, each item once however often a stage re-runs."""
+    old = tables.read(tables.QUARANTINE, qfile, missing_ok=True).to_pylist()
+    seen = {r["item"] for r in old}
+    tables.write(tables.QUARANTINE, old + [r for r in records if r.item not in seen], qfile)
 
 
 def import_tasks(client: Client, project_id: int, tasks: list[dict], chunk: int = 500, new: bool = False) -> int:
@@ -143,8 +180,9 @@ def import_tasks(client: Client, project_id: int, tasks: list[dict], chunk: int 
         for i in range(0, len(todo), chunk):
             part = todo[i: i + chunk]
             for attempt in range(3):
-                try:
-                    client.post(f"/api/projects/{project_id}/import", part)
+                try:  # tried once: a repeat after a lost answer would double the chunk
+                    client.call("projects.import_tasks", client.ls.projects.import_tasks, project_id,
+                                request=part, retry=False)
                     break
                 except LabelStudioUnavailable:
                     if attempt == 2:
@@ -160,7 +198,10 @@ def import_tasks(client: Client, project_id: int, tasks: list[dict], chunk: int 
 
 def run(cfg: PushConfig, client: Client | None = None) -> dict:
     client = client or Client()
-    tasks, media_jobs = build_tasks(cfg)
+    refused: list[Record] = []
+    tasks, media_jobs = build_tasks(cfg, refused)
+    if refused:
+        quarantine(Path(cfg.labels) / cfg.batch_id / "quarantine.jsonl", refused)
     project, created = ensure_project(client, cfg)
     # Label Studio fetches images only when a task is opened: write them while the import runs
     with ThreadPoolExecutor(1) as pool:
@@ -170,4 +211,4 @@ def run(cfg: PushConfig, client: Client | None = None) -> dict:
     n_gold = sum(t["data"]["gold"] for t in tasks)
     return {"project_id": project["id"], "url": f"{client.url}/projects/{project['id']}/data",
             "tasks": len(tasks), "samples": len(tasks) - n_gold, "gold": n_gold, "imported_now": imported,
-            "with_predictions": sum("predictions" in t for t in tasks)}
+            "with_predictions": sum("predictions" in t for t in tasks), "predictions_refused": len(refused)}

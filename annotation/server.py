@@ -8,6 +8,12 @@ passed to the server through its environment, never on a command line, and never
 `up` binds loopback only: Label Studio's admin login and API would otherwise face every network the
 machine is on, over plain HTTP. Other hosts reach it through a reverse proxy that terminates TLS;
 binding elsewhere takes an explicit `allow_remote_bind` (`--allow-remote-bind`).
+
+Label Studio's SSRF protection and its local-IP block for ML backends stay on by default: they stop
+the server from fetching URLs on internal addresses (a URL import, a webhook, a backend URL). A backend
+on loopback next to the server (`rf1m annotate ml-backend --connect`) needs both off; that takes an
+explicit `allow_loopback_ml_backend` (params `labelstudio.allow_loopback_ml_backend: true`), meant for
+a single-user machine, never a team's shared server.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from urllib.parse import urlparse
 
 import requests
 
+from annotation.client import DEFAULT_URL
+
 LS_VERSION = "1.23.2"
 # Variables Label Studio also reads under bare names (get_env tries LABEL_STUDIO_X, HEARTEX_X, X):
 # stray CI values for these must not leak into the server.
@@ -34,13 +42,14 @@ LEAKY = ("USERNAME", "PASSWORD", "HOST", "PORT", "USER_TOKEN", "DATA_DIR", "DEBU
 
 @dataclass(frozen=True)
 class ServerConfig:
-    url: str = "http://127.0.0.1:8080"
+    url: str = DEFAULT_URL
     venv: str = ".venv-ls"
     data_dir: str = ".labelstudio"  # sqlite db, media, logs, pid file
     files_root: str = "data"  # the only folder Label Studio serves local files from
     db: str = "sqlite"  # or "postgresql" (POSTGRE_NAME/USER/PASSWORD/HOST/PORT from the environment)
     start_timeout: float = 300.0
     allow_remote_bind: bool = False  # bind a non-loopback address (prefer a reverse proxy; see README)
+    allow_loopback_ml_backend: bool = False  # turn off SSRF protection so a backend on 127.0.0.1 can be called
 
     @property
     def port(self) -> int:
@@ -154,8 +163,9 @@ def up(cfg: ServerConfig) -> dict:
         "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
         "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(Path(cfg.files_root).resolve()),
         "LATEST_VERSION_CHECK": "false", "COLLECT_ANALYTICS": "false",
-        # the ML backend runs on loopback next to the server
-        "ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false",
+        # on unless asked: set either way, so a stray variable in the environment cannot turn them off
+        **dict.fromkeys(("ML_BLOCK_LOCAL_IP", "SSRF_PROTECTION_ENABLED"),
+                        "false" if cfg.allow_loopback_ml_backend else "true"),
         "DJANGO_DB": "default" if cfg.db == "postgresql" else "sqlite",
     })
     log = open(data / "server.log", "ab")

@@ -1,4 +1,9 @@
-"""The `rf1m` command. Each subcommand runs one stage with its section of params.yaml.
+"""The `rf1m` command: a table of stages, plus the commands that are not stages.
+
+A stage is a name, its params.yaml section, its config dataclass and its run function (DESIGN.md:
+"a stage is a function with a typed config"). Its `--field` overrides are derived from the config's
+fields, so a new knob is settable from the command line without touching this file. A stage's
+config is imported only when that stage is chosen: `rf1m catalog query` must not pay for torch.
 
 Errors a user can fix (bad params, missing input, bad SQL) print one line and exit 2.
 """
@@ -6,53 +11,182 @@ Errors a user can fix (bad params, missing input, bad SQL) print one line and ex
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
 from pipelines import params
-from rf1m.shards import write_json_atomic
+from rf1m.atomic import write_json
+from rf1m.paths import Layout
 
 
-def _given(a, *names) -> dict:
-    """The options the user gave on the command line, to override their params.yaml values."""
-    return {n: getattr(a, n) for n in names if getattr(a, n, None) is not None}
+@dataclass(frozen=True)
+class Stage:
+    words: tuple[str, ...]  # the command: ("annotate", "push")
+    section: str  # its params.yaml section
+    config: str  # "module:Class", imported when the stage is chosen
+    run: str | Callable  # "module:function" called with the config, or a CLI adapter (cfg, args)
+    help: str
+    description: str = ""
+    positional: str | None = None  # a field also accepted as an optional positional (release compile VERSION)
+    extra: Callable[[argparse.ArgumentParser], None] | None = None  # flags that are not config fields
 
 
-def _products(a):
-    from pipelines import products
-
-    return products.run(params.load("products", products.ProductsConfig, a.params,
-                                    _given(a, "source", "metadata", "out")))
+def _resolve(target: str):
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-def _models_tiny(a):
-    from pipelines.models import TinyConfig, build_tiny, folder_hash
+def _data(a) -> Layout:
+    return Layout(a.data or params.data_root(a.params))
 
-    cfg = params.load("models", TinyConfig, a.params, _given(a, "out", "seed", "size"))
+
+# ---------------------------------------------------------------- stage adapters (cfg, args)
+
+def _models_tiny(cfg, a):
+    from pipelines.models import build_tiny, folder_hash
+
     path = build_tiny(cfg.out, seed=cfg.seed, size=cfg.size)
     return {"model": str(path), "revision": folder_hash(path)}
 
 
-def _generate(a):
-    from pipelines import generate
+def _annotate_push(cfg, a):
+    from annotation import push
 
-    return generate.run(params.load("generate", generate.GenerateConfig, a.params, _given(a, "batch_id")))
+    return push.run(cfg, _client(a))
 
+
+def _annotate_gold(cfg, a):
+    from annotation import panel
+
+    return panel.write_gold(cfg, str(Layout(params.data_root(a.params)).labels_root))
+
+
+def _annotate_simulate(cfg, a):
+    from annotation import panel, push
+
+    client = _client(a)
+    result = panel.run(cfg, push.require_project(client, cfg.batch_id)["id"], client)
+    del result["posted"]  # every annotation is in Label Studio; pull reads them from there
+    return result
+
+
+def _annotate_pull(cfg, a):
+    from annotation import pull
+
+    return pull.run(cfg, _client(a))
+
+
+def _rfnet_train(cfg, a):
+    from rfnet import train
+
+    if getattr(a, "model.drop") and not a.out:
+        raise ValueError("--drop trains an ablation: give it its own --out folder")
+    return train.train(cfg, resume=a.resume)
+
+
+def _train_flags(p):
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last")
+    p.add_argument("--drop", dest="model.drop", nargs="+", choices=["product", "depth", "saliency", "caption"],
+                   help="an ablation without these inputs (needs --out)")
+
+
+STAGES = (
+    Stage(("products",), "products", "pipelines.products:ProductsConfig", "pipelines.products:run",
+          "read a product folder or make the synthetic catalog",
+          "Read product images (RGBA, or a plain background that is removed) or make the synthetic catalog; "
+          "refused files go to quarantine.jsonl. --source: 'synthetic' or a folder; --metadata: CSV/JSON with "
+          "file (path, name or stem, any case; or a product_id column), title, category."),
+    Stage(("models", "tiny"), "models", "pipelines.models:TinyConfig", _models_tiny,
+          "build the tiny offline SD + ControlNet inpainting pipeline",
+          "Build a tiny StableDiffusionControlNetInpaintPipeline from configs (random weights, fixed seed) "
+          "and save it in diffusers format."),
+    Stage(("generate",), "generate", "pipelines.generate:GenerateConfig", "pipelines.generate:run",
+          "generate candidate ads into WebDataset shards",
+          "Products x prompts x seeds -> shards under <out>/<batch_id>. Resumable: finished shards are "
+          "skipped, stale ones rebuilt."),
+    Stage(("annotate", "push"), "annotate_push", "annotation.push:PushConfig", _annotate_push,
+          "create the batch's project and import its tasks (idempotent by key); --predictions attaches "
+          "RFNet's pre-labels"),
+    Stage(("annotate", "gold"), "panel", "annotation.panel:PanelConfig", _annotate_gold,
+          "write the simulated answer key (gold.parquet) from the panel's rules"),
+    Stage(("annotate", "simulate"), "panel", "annotation.panel:PanelConfig", _annotate_simulate,
+          "let the simulated annotator panel label the batch (demo/CI only)"),
+    Stage(("annotate", "pull"), "annotate_pull", "annotation.pull:PullConfig", _annotate_pull,
+          "export new or changed annotations into labels.parquet (incremental)"),
+    Stage(("annotate", "consensus"), "consensus", "annotation.consensus:ConsensusConfig", "annotation.consensus:run",
+          "majority + Dawid-Skene labels, kappa, alpha, gold accuracy"),
+    Stage(("release", "compile"), "release", "pipelines.release:ReleaseConfig", "pipelines.release:compile_release",
+          "consensus labels + shards -> releases/VERSION",
+          "Refused if VERSION exists; a product keeps its split from every earlier release; undecided samples "
+          "are left out and counted, per params release.policy; promoted when it is the newest.",
+          positional="version"),
+    Stage(("rfnet", "train"), "rfnet", "rfnet.train:TrainConfig", _rfnet_train,
+          "train RFNet on a release; checkpoints in <out>/{last,best}", extra=_train_flags),
+    Stage(("rfnet", "eval"), "evaluate", "rfnet.evaluate:EvalConfig", "rfnet.evaluate:run",
+          "the paper's metrics on a split, at the checkpoint's validated threshold"),
+    Stage(("prelabel",), "prelabel", "rfnet.predict:PrelabelConfig", "rfnet.predict:run",
+          "RFNet predictions for a batch (attached by annotate push)",
+          "Run RFNet over a batch's shards and write <out>/<batch>.parquet (key, model_version, p_<class>)."),
+)
+
+
+def stage_config(a):
+    """The chosen stage's config: params.yaml (derived paths, its section), then the flags given."""
+    cls = _resolve(a.stage.config)
+    return params.load(a.stage.section, cls, a.params, params.given(a, cls))
+
+
+def _run_stage(a):
+    cfg = stage_config(a)
+    return a.stage.run(cfg, a) if callable(a.stage.run) else _resolve(a.stage.run)(cfg)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Adds a stage's field flags only when that stage is chosen (or its help is asked for)."""
+
+    def __init__(self, *args, stage: Stage | None = None, **kw):
+        super().__init__(*args, **kw)
+        self.stage, self._filled = stage, stage is None
+
+    def _fill(self):
+        if not self._filled:
+            self._filled = True
+            st = self.stage
+            if st.extra:
+                st.extra(self)
+            if st.positional:
+                self.add_argument(st.positional, nargs="?", default=None, help=f"overrides params {st.section}.{st.positional}")
+            skip = {st.positional} | {a.dest for a in self._actions}
+            params.add_field_flags(self, _resolve(st.config), st.section, skip)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._fill()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self):
+        self._fill()
+        return super().format_help()
+
+
+# ---------------------------------------------------------------- commands that are not stages
 
 def _regenerate(a):
     from pipelines import regenerate
 
-    return regenerate.run(regenerate.RegenerateConfig(a.key, a.data, a.products, a.out))
+    return regenerate.run(regenerate.RegenerateConfig(a.key, str(_data(a).base), a.products, a.out))
 
 
 def _catalog_query(a):
     from rf1m.catalog import Catalog
 
-    table = Catalog(a.data).query(a.sql)
+    table = Catalog(_data(a).base).query(a.sql)
     if a.format == "json":
         return table.to_pylist()
     if a.format == "csv":
@@ -72,9 +206,24 @@ def _catalog_query(a):
 def _catalog_snapshot(a):
     from rf1m.catalog import Catalog
 
-    cat = Catalog(a.data)
-    cat.snapshot(a.out)
+    cat = Catalog(_data(a).base)
+    cat.snapshot(a.out or _data(a).catalog)
     return cat.summary()
+
+
+def _summary(a):
+    import os
+
+    from pipelines import summary
+
+    p = params.read(a.params)
+    url = os.environ.get("LABEL_STUDIO_URL") or (p.get("labelstudio") or {}).get("url") or "http://127.0.0.1:8080"
+    s = summary.collect(_data(a), (p.get("release") or {}).get("out", "releases"),
+                        (p.get("evaluate") or {}).get("out", "metrics/rfnet"), url)
+    if a.json:
+        return s
+    print(summary.text(s))
+    return None
 
 
 def _ls_config(a):
@@ -104,60 +253,20 @@ def _client(a):
     return Client(_ls_config(a).url)  # the credentials `up` made (environment or .env)
 
 
-def _annotate_push(a):
-    from annotation import push
-
-    cfg = params.load("annotate_push", push.PushConfig, a.params, _given(a, "batch_id", "predictions"))
-    return push.run(cfg, _client(a))
-
-
-def _annotate_gold(a):
-    from annotation import panel
-
-    return panel.write_gold(params.load("panel", panel.PanelConfig, a.params, _given(a, "batch_id")))
-
-
-def _annotate_simulate(a):
-    from annotation import panel, push
-
-    cfg = params.load("panel", panel.PanelConfig, a.params, _given(a, "batch_id"))
-    client = _client(a)
-    project = push.find_project(client, cfg.batch_id)
-    if project is None:
-        raise ValueError(f"no Label Studio project for batch {cfg.batch_id!r}: push it first")
-    result = panel.run(cfg, project["id"], client)
-    del result["posted"]  # every annotation is in Label Studio; pull reads them from there
-    return result
-
-
-def _annotate_pull(a):
-    from annotation import pull
-
-    return pull.run(params.load("annotate_pull", pull.PullConfig, a.params, _given(a, "batch_id")), _client(a))
-
-
-def _annotate_consensus(a):
-    from annotation import consensus
-
-    return consensus.run(params.load("consensus", consensus.ConsensusConfig, a.params, _given(a, "batch_id")))
-
-
 def _annotate_ml_backend(a):
     from annotation import ml_backend, push
 
     if a.predictor.startswith("rfnet:"):
         from rfnet.predict import CheckpointPredictor
 
-        predictor = CheckpointPredictor(a.predictor[6:], a.shards)
+        predictor = CheckpointPredictor(a.predictor[6:], a.shards or str(_data(a).shards_root))
     else:
         predictor = ml_backend.make_predictor(a.predictor)
     server = ml_backend.serve(predictor, a.host, a.port, background=bool(a.connect))
     url = f"http://{a.host}:{a.port}"
     if a.connect:
         client = _client(a)
-        project = push.find_project(client, a.connect)
-        if project is None:
-            raise ValueError(f"no Label Studio project for batch {a.connect!r}")
+        project = push.require_project(client, a.connect)
         ml_backend.connect(client, project["id"], url)
         print(f"connected to project {project['id']} ({push.project_title(a.connect)})", file=sys.stderr)
     print(f"ML backend ({predictor.model_version}) on {url}; Ctrl+C stops it", file=sys.stderr)
@@ -169,16 +278,16 @@ def _annotate_ml_backend(a):
 
 
 def _release(a):
+    from pipelines import release as stage
     from rf1m import release
 
-    if a.action == "compile":
-        over = _given(a, "version", "parent")
-        return release.compile_release(params.load("release", release.ReleaseConfig, a.params, over))
-    root = params.load("release", release.ReleaseConfig, a.params).out
-    if a.action in ("verify", "diff") and not a.version or a.action == "diff" and not a.other:
+    root = params.load("release", stage.ReleaseConfig, a.params).out
+    if a.action in ("verify", "diff", "promote") and not a.version or a.action == "diff" and not a.other:
         raise ValueError(f"release {a.action} needs {'two versions' if a.action == 'diff' else 'a version'}")
     if a.action == "verify":
         return release.verify(a.version, root)
+    if a.action == "promote":
+        return stage.promote(a.version, root)
     if a.action == "diff":
         d = release.diff(a.version, a.other, root)
         return {**{k: d[k] for k in ("old", "new", "label_deltas")},
@@ -186,66 +295,23 @@ def _release(a):
     return release.list_releases(root)
 
 
-def _rfnet(a):
-    from rfnet import evaluate, train
-
-    over = _given(a, "release")
-    if a.action == "train":
-        if a.drop:
-            if not a.out:
-                raise ValueError("--drop trains an ablation: give it its own --out folder")
-            over["model"] = {**_model_params(a.params), "drop": a.drop}
-        if a.out:
-            over["out"] = a.out
-        return train.train(params.load("rfnet", train.TrainConfig, a.params, over), resume=a.resume)
-    over.update(_given(a, "checkpoint", "out"))
-    return evaluate.run(params.load("evaluate", evaluate.EvalConfig, a.params, over))
-
-
-def _model_params(path: str) -> dict:
-    import yaml
-
-    p = Path(path)
-    data = (yaml.safe_load(p.read_text()) or {}) if p.exists() else {}
-    return dict((data.get("rfnet") or {}).get("model") or {})
-
-
-def _prelabel(a):
-    from rfnet import predict
-
-    return predict.run(params.load("prelabel", predict.PrelabelConfig, a.params, _given(a, "batch_id", "checkpoint")))
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rf1m", description="RF1M: generate, label, release and learn from "
-                                "advertising images judged by people.")
+    p = _Parser(prog="rf1m", description="RF1M: generate, label, release and learn from "
+                "advertising images judged by people.")
     p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     p.add_argument("--summary", metavar="FILE", help="also write the command's JSON result to FILE (DVC metrics)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    s = sub.add_parser("products", help="read a product folder or make the synthetic catalog",
-                       description="Read product images (RGBA, or a plain background that is removed) "
-                       "or make the synthetic catalog; refused files go to quarantine.jsonl.")
-    s.add_argument("--source", help="'synthetic' or a folder of product images (overrides params)")
-    s.add_argument("--metadata", help="CSV/JSON with file (path, name or stem, any case; or a product_id column), "
-                   "title, category; matching nothing at all is an error")
-    s.add_argument("--out", help="output folder (default from params: data/products)")
-    s.set_defaults(fn=_products)
-
-    m = sub.add_parser("models", help="build local diffusion models").add_subparsers(dest="what", required=True)
-    t = m.add_parser("tiny", help="build the tiny offline SD + ControlNet inpainting pipeline",
-                     description="Build a tiny StableDiffusionControlNetInpaintPipeline from configs "
-                     "(random weights, fixed seed) and save it in diffusers format.")
-    t.add_argument("--out", help="output folder (params models.out: models/tiny-sd-controlnet)")
-    t.add_argument("--seed", type=int, help="weight seed (params models.seed)")
-    t.add_argument("--size", type=int, help="canvas the UNet is configured for (params models.size)")
-    t.set_defaults(fn=_models_tiny)
-
-    g = sub.add_parser("generate", help="generate candidate ads into WebDataset shards",
-                       description="Products x prompts x seeds -> shards under <out>/<batch_id>. "
-                       "Resumable: finished shards are skipped, stale ones rebuilt.")
-    g.add_argument("--batch-id", help="batch id (overrides params)")
-    g.set_defaults(fn=_generate)
+    groups = {
+        "models": sub.add_parser("models", help="build local diffusion models"),
+        "annotate": sub.add_parser("annotate", help="push batches to Label Studio, pull labels, consensus"),
+        "release": sub.add_parser("release", help="compile, verify, promote, diff and list immutable RF1M releases"),
+        "rfnet": sub.add_parser("rfnet", help="train and evaluate RFNet, the usability judge"),
+    }
+    subs = {name: g.add_subparsers(dest="what", required=True, metavar="STEP") for name, g in groups.items()}
+    for st in STAGES:
+        where = subs[st.words[0]] if len(st.words) > 1 else sub
+        sp = where.add_parser(st.words[-1], help=st.help, description=st.description or st.help, stage=st)
+        sp.set_defaults(fn=_run_stage, stage=st)
 
     rg = sub.add_parser("regenerate", help="rebuild one sample from its recipe; print the largest pixel difference",
                         description="Find KEY in the catalog, rebuild its image from recipe.json alone (product by "
@@ -254,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "key is unknown or the product or a model changed.")
     rg.add_argument("key", help="sample key, e.g. demo-p0001-kitchen-s123")
     rg.add_argument("--out", help="write the regenerated image to this PNG file")
-    rg.add_argument("--data", default="data", help="data root holding shards/ and products/ (default: %(default)s)")
+    rg.add_argument("--data", help="data root holding shards/ and products/ (default: params data)")
     rg.add_argument("--products", help="products folder (default: <data>/products)")
     rg.set_defaults(fn=_regenerate)
 
@@ -265,13 +331,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "Example: rf1m catalog query \"SELECT product_id, prompt_id, count(*) FROM samples "
                         "GROUP BY ALL\"")
     q.add_argument("sql")
-    q.add_argument("--data", default="data", help="data folder (default: %(default)s)")
+    q.add_argument("--data", help="data root (default: params data)")
     q.add_argument("--format", choices=["table", "csv", "json"], default="table")
     q.set_defaults(fn=_catalog_query)
     sn = csub.add_parser("snapshot", help="materialise the views into a .duckdb file for read-only readers")
-    sn.add_argument("--data", default="data")
-    sn.add_argument("--out", default="data/catalog.duckdb")
+    sn.add_argument("--data", help="data root (default: params data)")
+    sn.add_argument("--out", help="snapshot file (default: <data>/catalog.duckdb)")
     sn.set_defaults(fn=_catalog_snapshot)
+
+    sm = sub.add_parser("summary", help="the loop's headline numbers: counts, usable rate, agreement, RFNet AP, URLs",
+                        description="Read the files the stages wrote (catalog, agreement.json, metrics.json) and "
+                        "print what make demo ends with. Stages that have not run show as 'not yet'.")
+    sm.add_argument("--data", help="data root (default: params data)")
+    sm.add_argument("--json", action="store_true", help="print JSON instead of text")
+    sm.set_defaults(fn=_summary)
 
     ls = sub.add_parser("labelstudio", help="run the Label Studio server (own venv, loopback only)",
                         description="install: create its venv (.venv-ls); up: install if needed, start it on "
@@ -283,60 +356,29 @@ def build_parser() -> argparse.ArgumentParser:
                     help="up: let a non-loopback url (e.g. 0.0.0.0) bind every interface; prefer a reverse proxy")
     ls.set_defaults(fn=_labelstudio)
 
-    an = sub.add_parser("annotate", help="push batches to Label Studio, pull labels, consensus").add_subparsers(
-        dest="what", required=True, metavar="STEP")
-    for name, fn, text in (
-        ("push", _annotate_push, "create the batch's project and import its tasks (idempotent by key)"),
-        ("gold", _annotate_gold, "write the simulated answer key (gold.parquet) from the panel's rules"),
-        ("simulate", _annotate_simulate, "let the simulated annotator panel label the batch (demo/CI only)"),
-        ("pull", _annotate_pull, "export new or changed annotations into labels.parquet (incremental)"),
-        ("consensus", _annotate_consensus, "majority + Dawid-Skene labels, kappa, alpha, gold accuracy"),
-    ):
-        sp = an.add_parser(name, help=text, description=text)
-        sp.add_argument("--batch-id", help="batch id (overrides params)")
-        if name == "push":
-            sp.add_argument("--predictions", help="RFNet predictions Parquet to attach as pre-labels")
-        sp.set_defaults(fn=fn)
-    ml = an.add_parser("ml-backend", help="serve pre-labels to Label Studio (ML-backend protocol)",
+    ml = subs["annotate"].add_parser("ml-backend", help="serve pre-labels to Label Studio (ML-backend protocol)",
                        description="Serve predictions over Label Studio's ML-backend protocol "
                        "(/health, /setup, /predict, /webhook).")
     ml.add_argument("--predictor", default="null",
                     help="null, predictions:<file.parquet>, or rfnet:<checkpoint dir> (e.g. rfnet:models/rfnet/best)")
-    ml.add_argument("--shards", default="data/shards", help="where rfnet: finds the tasks' samples")
+    ml.add_argument("--shards", help="where rfnet: finds the tasks' samples (default: <data>/shards)")
+    ml.add_argument("--data", help="data root (default: params data)")
     ml.add_argument("--host", default="127.0.0.1")
     ml.add_argument("--port", type=int, default=9090)
     ml.add_argument("--connect", metavar="BATCH_ID", help="also attach it to this batch's project")
     ml.set_defaults(fn=_annotate_ml_backend)
 
-    rel = sub.add_parser("release", help="compile, verify, diff and list immutable RF1M releases",
-                         description="compile VERSION: consensus labels + shards -> releases/VERSION (refused if "
-                         "it exists; a product keeps its split from every earlier release; undecided samples are "
-                         "left out and counted, per params release.policy); verify VERSION: recompute every sha256 of the manifest; diff OLD NEW: samples "
-                         "added, removed, relabelled; list: the releases.")
-    rel.add_argument("action", choices=["compile", "verify", "diff", "list"])
-    rel.add_argument("version", nargs="?", help="release version, e.g. v0.1 (compile: default from params)")
-    rel.add_argument("other", nargs="?", help="diff: the newer version")
-    rel.add_argument("--parent", help="compile: the release this one follows")
-    rel.set_defaults(fn=_release)
-
-    rf = sub.add_parser("rfnet", help="train and evaluate RFNet, the usability judge",
-                        description="train: on a release (params rfnet:), checkpoints in models/rfnet/{last,best}; "
-                        "--resume continues from last. eval: the paper's metrics on a split (params evaluate:).")
-    rf.add_argument("action", choices=["train", "eval"])
-    rf.add_argument("--release", help="release version (overrides params)")
-    rf.add_argument("--resume", action="store_true", help="train: continue from <out>/last")
-    rf.add_argument("--drop", nargs="+", choices=["product", "depth", "saliency", "caption"],
-                    help="train: an ablation without these inputs (needs --out)")
-    rf.add_argument("--out", help="train: checkpoint folder; eval: metrics folder")
-    rf.add_argument("--checkpoint", help="eval: checkpoint folder (default from params)")
-    rf.set_defaults(fn=_rfnet)
-
-    pl = sub.add_parser("prelabel", help="RFNet predictions for a batch (attached by annotate push)",
-                        description="Run RFNet over a batch's shards and write <out>/<batch>.parquet "
-                        "(key, model_version, p_<class>).")
-    pl.add_argument("--batch-id", help="batch id (overrides params)")
-    pl.add_argument("--checkpoint", help="checkpoint folder (default from params)")
-    pl.set_defaults(fn=_prelabel)
+    for action, text in (("verify", "recompute every sha256 of VERSION's manifest"),
+                         ("promote", "verify VERSION and make it what load_dataset(\"rf1m\") loads (rewrites "
+                          "rf1m/README.md beside the releases folder)"),
+                         ("diff", "samples added, removed, relabelled from VERSION to OTHER"),
+                         ("list", "the releases")):
+        rp = subs["release"].add_parser(action, help=text, description=text)
+        if action != "list":
+            rp.add_argument("version", nargs="?", help="release version, e.g. v0.1")
+        if action == "diff":
+            rp.add_argument("other", nargs="?", help="the newer version")
+        rp.set_defaults(fn=_release, action=action, version=None, other=None)
     return p
 
 
@@ -350,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     if result is not None:
         print(json.dumps(result, indent=1, ensure_ascii=False, default=str))
         if args.summary:
-            write_json_atomic(Path(args.summary), result)
+            write_json(Path(args.summary), result)
     return 0
 
 

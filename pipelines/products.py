@@ -2,7 +2,8 @@
 
 Output, under `out` (default `data/products`):
   images/<product_id>.png   the product as RGBA, alpha = product
-  products.parquet          product_id, title, category, source, image, width, height, truncated
+  products.parquet          rf1m.tables.PRODUCTS: product_id, title, category, source, image, width, height,
+                            truncated
   quarantine.jsonl          every file or metadata row refused, with its reason
 
 `truncated`: the product runs into the photo's own frame (some border row or column of the alpha is
@@ -29,12 +30,12 @@ from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from rf1m.quarantine import Record, Rejected, to_jsonl
+from rf1m import tables
+from rf1m.atomic import write_atomic
+from rf1m.quarantine import Record, Rejected
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -347,20 +348,14 @@ def run(cfg: ProductsConfig) -> dict:
         Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
         target = out / rel
         if not target.exists() or target.read_bytes() != buf.getvalue():
-            tmp = target.with_name(target.name + ".tmp")
-            tmp.write_bytes(buf.getvalue())
-            tmp.replace(target)
+            write_atomic(target, buf.getvalue())
         rows.append({"product_id": pid, "title": unicodedata.normalize("NFC", title), "category": category,
                      "source": source, "image": rel, "width": rgba.shape[1], "height": rgba.shape[0],
                      "truncated": truncated(rgba[..., 3], cfg.truncation)})
-    table = pa.Table.from_pylist(rows, schema=pa.schema([
-        ("product_id", pa.string()), ("title", pa.string()), ("category", pa.string()), ("source", pa.string()),
-        ("image", pa.string()), ("width", pa.int64()), ("height", pa.int64()), ("truncated", pa.bool_())]))
-    pq.write_table(table, out / "products.parquet.tmp")
-    (out / "products.parquet.tmp").replace(out / "products.parquet")
-    (out / "quarantine.jsonl").write_text(to_jsonl(rejected), encoding="utf-8")
+    tables.write(tables.PRODUCTS, rows, out / "products.parquet")
+    tables.write(tables.QUARANTINE, rejected, out / "quarantine.jsonl")
     return {"products": len(rows), "quarantined": len(rejected), **report}
 
 
 def read_products(out: str | Path) -> list[dict]:
-    return pq.read_table(Path(out) / "products.parquet").to_pylist()
+    return tables.read(tables.PRODUCTS, Path(out) / "products.parquet").to_pylist()

@@ -4,7 +4,7 @@ The sample is found through the catalog (the shard sidecars under the data root)
 then supplies everything else: the product (by id, from the products table, refused when its bytes
 no longer match the recorded sha256), the models (by recorded path or hub id, loaded at the recorded
 commit; a local folder is refused when its content hash changed), the layout, the seed and the
-sampler. The pixels come from `generate.diffuse`, the same function the generate stage uses, so what
+sampler. The pixels come from `worker.diffuse`, the same function the generate stage uses, so what
 is compared is the recipe, not two copies of the code. Library versions that differ from the
 recorded ones do not stop it (the difference it prints shows their effect); they are listed.
 """
@@ -21,8 +21,9 @@ import numpy as np
 from PIL import Image
 
 from pipelines.conditions import Layout, LayoutConfig, make_conditions
-from pipelines.generate import GenerateConfig, Prompt, diffuse
+from pipelines.generate import GenerateConfig, Prompt
 from pipelines.products import read_products
+from pipelines.worker import diffuse
 from rf1m import schema, shards
 from rf1m.catalog import Catalog
 
@@ -39,18 +40,17 @@ class RegenerateConfig:
 def find_sample(data: str | Path, key: str) -> tuple[dict, np.ndarray]:
     """The recipe and the stored image of `key`, read by byte offset from its shard."""
     cat = Catalog(data)
-    rows = cat.con.execute("SELECT batch_dir, shard, recipe_offset, recipe_size, image_offset, image_size "
-                           "FROM samples WHERE key = ?", [key]).fetchall()
-    if not rows:
+    cur = cat.con.execute("SELECT * FROM samples WHERE key = ?", [key])
+    found = cur.fetchone()
+    if found is None:
         raise ValueError(f"unknown sample key {key!r}: no shard sidecar under {cat.root / 'shards'} holds it")
-    batch_dir, shard, r_off, r_size, i_off, i_size = rows[0]
-    tar = Path(batch_dir) / shard
-    recipe = json.loads(shards.read_member(tar, r_off, r_size))
+    row = dict(zip((d[0] for d in cur.description), found))
+    recipe = json.loads(shards.member_bytes(row["batch_dir"], row, "recipe"))
     missing = [n for n in schema.REGENERATE_NAMES if n not in recipe]
     if missing:
         raise ValueError(f"sample {key!r} was generated before its recipe recorded {', '.join(missing)}: "
                          "it cannot be regenerated (generate the batch again)")
-    image = np.asarray(Image.open(io.BytesIO(shards.read_member(tar, i_off, i_size))).convert("RGB"))
+    image = np.asarray(Image.open(io.BytesIO(shards.member_bytes(row["batch_dir"], row, "image"))).convert("RGB"))
     return recipe, image
 
 
@@ -81,7 +81,7 @@ def check_model(model: str, recorded: str) -> None:
 
 
 def config_from_recipe(recipe: dict) -> GenerateConfig:
-    """The generate config the recipe's knobs describe (the inverse of `generate.config_knobs`)."""
+    """The generate config the recipe's knobs describe (the inverse of `worker.config_knobs`)."""
     def pick(cls) -> dict:
         return {f.name: recipe[f.name] for f in fields(cls) if f.name in schema.REGENERATE_NAMES}
 

@@ -40,14 +40,31 @@ class Layout:
     def catalog(self) -> Path:
         return self.base / "catalog.duckdb"
 
+    # The folders that hold every batch: stage configs name these and add the batch themselves.
+    @property
+    def shards_root(self) -> Path:
+        return self.base / "shards"
+
+    @property
+    def media_root(self) -> Path:
+        return self.base / "media"
+
+    @property
+    def labels_root(self) -> Path:
+        return self.base / "labels"
+
+    @property
+    def predictions_root(self) -> Path:
+        return self.base / "predictions"
+
     def shards(self, batch: str) -> Path:
-        return self.base / "shards" / batch
+        return self.shards_root / batch
 
     def media(self, batch: str) -> Path:
-        return self.base / "media" / batch
+        return self.media_root / batch
 
     def labels_dir(self, batch: str) -> Path:
-        return self.base / "labels" / batch
+        return self.labels_root / batch
 
     def gold(self, batch: str) -> Path:
         return self.labels_dir(batch) / "gold.parquet"
@@ -65,7 +82,7 @@ class Layout:
         return self.labels_dir(batch) / "agreement.json"
 
     def predictions(self, batch: str) -> Path:
-        return self.base / "predictions" / f"{batch}.parquet"
+        return self.predictions_root / f"{batch}.parquet"
 
     def attempts(self, batch: str) -> Path:
         return self.base / "attempts" / f"{batch}.parquet"

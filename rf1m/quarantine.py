@@ -1,7 +1,8 @@
 """Quarantine records: what a stage refused, and why, so the rest of the batch can go on.
 
-One JSON object per line: {stage, item, reason, detail, at}. `reason` is a short machine word
-(`corrupt`, `huge`, `tiny`, `fully_transparent`, ...); `detail` is the human sentence.
+One JSON object per line: {stage, item, reason, detail, at}, declared as `rf1m.tables.QUARANTINE` and
+written with `tables.write` (a list of `Record`s). `reason` is a short machine word (`corrupt`, `huge`,
+`tiny`, `fully_transparent`, ...); `detail` is the human sentence.
 """
 
 from __future__ import annotations

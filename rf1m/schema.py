@@ -146,10 +146,6 @@ LABEL_ROWS = (
 VERDICTS = ("available", "not_available")
 
 
-def labels_schema() -> pa.Schema:
-    return pa.schema([pa.field(f.name, f.arrow) for f in LABEL_ROWS])
-
-
 def wds_member_names() -> tuple[str, ...]:
     return (*(m.wds_name for m in MEMBERS), RECIPE_MEMBER)
 

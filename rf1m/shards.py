@@ -18,30 +18,14 @@ import json
 import os
 import tarfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rf1m import schema
-
-TMP = ".tmp"
-
-
-def commit_file(tmp: Path, final: Path, durable: bool = True) -> None:
-    """Rename a finished file into place. A killed process can never leave a half file under the final
-    name; `durable` adds an fsync first so that a power cut cannot either (it costs ~15% on big tars)."""
-    if durable:
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-    os.replace(tmp, final)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + TMP)
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False, default=str))
-    commit_file(tmp, path)
+from rf1m.atomic import commit, tmp_path, write_json
 
 
 class ShardWriter:
@@ -58,7 +42,7 @@ class ShardWriter:
     def _open(self) -> None:
         name = f"{self.stem}-{len(self.parts):0{self.part_digits}d}"
         self._path = self.dir / f"{name}.tar"
-        self._tmp = self._path.with_name(self._path.name + TMP)
+        self._tmp = tmp_path(self._path)
         self._file = open(self._tmp, "wb")
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
         self._rows: list[dict] = []
@@ -91,10 +75,10 @@ class ShardWriter:
         self._tar.close()
         self._file.close()
         sidecar = self._path.with_suffix(".parquet")
-        sidecar_tmp = sidecar.with_name(sidecar.name + TMP)
+        sidecar_tmp = tmp_path(sidecar)
         pq.write_table(pa.Table.from_pylist(self._rows, schema=schema.sidecar_schema()), sidecar_tmp)
-        commit_file(self._tmp, self._path, self.durable)
-        commit_file(sidecar_tmp, sidecar, self.durable)
+        commit(self._tmp, self._path, self.durable)
+        commit(sidecar_tmp, sidecar, self.durable)
         self.parts.append({"tar": self._path.name, "count": len(self._rows),
                            "bytes": self._path.stat().st_size})
         self._tar = None
@@ -113,7 +97,7 @@ def finish_job(directory: Path, stem: str, fingerprint: str, parts: list[dict], 
     """Mark a job complete: the stats file is the last thing written."""
     stats = {"fingerprint": fingerprint, "parts": parts, "count": sum(p["count"] for p in parts),
              "bytes": sum(p["bytes"] for p in parts), "finished_at": time.time(), **extra}
-    write_json_atomic(job_stats_path(directory, stem), stats)
+    write_json(job_stats_path(directory, stem), stats)
     return stats
 
 
@@ -147,9 +131,14 @@ def read_sidecars(directory: Path) -> pa.Table:
 
 
 def read_member(shard: Path, offset: int, size: int) -> bytes:
-    """Random access to one member, using offsets from the sidecar."""
+    """Random access to `size` bytes at `offset` of a tar (no tar parsing, no reading what lies before)."""
     fd = os.open(shard, os.O_RDONLY)
     try:
         return os.pread(fd, size, offset)
     finally:
         os.close(fd)
+
+
+def member_bytes(batch_dir: str | Path, row: Mapping, member: str) -> bytes:
+    """One member (`image`, `product`, ..., `recipe`) of the sample a sidecar row describes."""
+    return read_member(Path(batch_dir) / row["shard"], row[f"{member}_offset"], row[f"{member}_size"])

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from rf1m.atomic import TMP, fsync_path
 from rf1m.decision import DEFAULT_THRESHOLD
 from rfnet.model import CLASSES, RFNet, RFNetConfig
 
@@ -55,14 +56,6 @@ def _fingerprint(state: dict[str, torch.Tensor], prefix: str) -> str:
     return h.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _aside(directory: Path) -> Path:
     return directory.with_name(directory.name + ".old")
 
@@ -80,7 +73,7 @@ def save(directory: Path, model: RFNet, state: dict | None = None, optimizer=Non
          decision: dict | None = None) -> Path:
     """`decision`: the threshold chosen on validation and where it came from (rfnet.evaluate.choose_threshold)."""
     directory = Path(directory)
-    tmp, aside = directory.with_name(directory.name + ".tmp"), _aside(directory)
+    tmp, aside = directory.with_name(directory.name + TMP), _aside(directory)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     weights = model.state_dict()
@@ -100,13 +93,13 @@ def save(directory: Path, model: RFNet, state: dict | None = None, optimizer=Non
         meta["optimizer"] = {"param_groups": sd["param_groups"], "sha256": _sha(tmp / "optimizer.safetensors")}
     (tmp / "config.json").write_text(json.dumps(meta, indent=1))
     for f in tmp.iterdir():
-        _fsync(f)
-    _fsync(tmp)
+        fsync_path(f)
+    fsync_path(tmp)
     if directory.exists():
         shutil.rmtree(aside, ignore_errors=True)  # the final name holds a whole checkpoint: an old aside is stale
         os.replace(directory, aside)
     os.replace(tmp, directory)
-    _fsync(directory.parent)
+    fsync_path(directory.parent)
     shutil.rmtree(aside, ignore_errors=True)
     return directory
 

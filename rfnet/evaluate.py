@@ -13,7 +13,6 @@ Also: AP (scikit-learn's convention), the precision-recall curve, calibration (E
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from rf1m.atomic import write_json
 from rf1m.decision import DEFAULT_THRESHOLD, decide
 from rfnet.model import CLASSES
 
@@ -159,8 +159,8 @@ def run(cfg: EvalConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     y, s = targets[:, 0] > 0.5, probs[:, 0]
-    (out / "metrics.json").write_text(json.dumps({k: v for k, v in m.items() if k not in ("confusion",)}, indent=1))
-    (out / "confusion.json").write_text(json.dumps(m["confusion"], indent=1))
+    write_json(out / "metrics.json", {k: v for k, v in m.items() if k not in ("confusion",)})
+    write_json(out / "confusion.json", m["confusion"])
     with open(out / "pr_curve.csv", "w", newline="") as f:
         w = csv.DictWriter(f, ["threshold", "precision", "recall"])
         w.writeheader()

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from rf1m import schema
+from rf1m import tables
 from rfnet.backbones import image_encoder, text_encoder
 
-CLASSES = ("available", *(r.name for r in schema.REASONS if r.generation_failure))
+CLASSES = tables.PREDICTED_CLASSES  # its predictions table has one p_<class> column per class
 IMAGES = ("product", "image", "depth", "saliency")  # member names; "image" is the generated advert
 MODALITIES = ("product", "depth", "saliency", "caption")  # what `drop` may name
 

@@ -1,9 +1,10 @@
 """Pre-labelling: RFNet over a batch's shards -> a predictions Parquet that `annotate push` attaches
 to Label Studio tasks, and a predictor the ML backend serves from the same checkpoint.
 
-Predictions Parquet: key, model_version, threshold (the checkpoint's validated decision threshold),
-p_<class> for every class of RFNet's head. Whoever shows a verdict (push, the ML backend) applies
-`rf1m.decision.decide` with that threshold, the rule evaluation measured.
+The predictions table (`rf1m.tables.PREDICTIONS`): key, model_version, threshold (the checkpoint's
+validated decision threshold), p_<class> for every class of RFNet's head, and the verdict and reasons
+`rf1m.decision.decide` gives at that threshold, the rule evaluation measured. Push and the ML backend
+show that decision as it is.
 """
 
 from __future__ import annotations
@@ -13,12 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from rf1m import shards
+from rf1m import shards, tables
 from rfnet import checkpoint
 from rfnet.data import collate, sample, shard_samples
 from rfnet.evaluate import decisions, predict
@@ -35,10 +34,11 @@ class PrelabelConfig:
     workers: int = 1  # loader processes decoding shards while the model runs
 
 
-def predictions_table(keys: list[str], probs: np.ndarray, model_version: str, threshold: float) -> pa.Table:
-    cols = {"key": keys, "model_version": [model_version] * len(keys), "threshold": [float(threshold)] * len(keys)}
-    cols.update({f"p_{c}": probs[:, i].astype(float).tolist() for i, c in enumerate(CLASSES)})
-    return pa.table(cols)
+def predictions_rows(keys: list[str], probs: np.ndarray, model_version: str, threshold: float) -> list[dict]:
+    """Rows of the predictions table (probability columns in CLASSES order)."""
+    return [{"key": k, "model_version": model_version, "threshold": float(threshold),
+             **{f"p_{c}": float(p[i]) for i, c in enumerate(CLASSES)}, "verdict": d["verdict"], "reasons": d["reasons"]}
+            for k, p, d in zip(keys, probs, decisions(probs, threshold))]
 
 
 def run(cfg: PrelabelConfig) -> dict:
@@ -55,12 +55,10 @@ def prelabel(model, meta: dict, cfg: PrelabelConfig) -> dict:
                                          batch_size=cfg.batch_size, collate_fn=collate,
                                          num_workers=min(cfg.workers, len(urls)))
     keys, probs, _ = predict(model, loader, desc=f"prelabel {cfg.batch_id}")
-    out = Path(cfg.out) / f"{cfg.batch_id}.parquet"
-    out.parent.mkdir(parents=True, exist_ok=True)
     threshold = meta["decision"]["threshold"]
-    pq.write_table(predictions_table(keys, probs, meta["model_version"], threshold), out.with_suffix(".parquet.tmp"))
-    out.with_suffix(".parquet.tmp").replace(out)
-    shown = [d["verdict"] == "available" for d in decisions(probs, threshold)]
+    rows = predictions_rows(keys, probs, meta["model_version"], threshold)
+    out = tables.write(tables.PREDICTIONS, rows, Path(cfg.out) / f"{cfg.batch_id}.parquet")
+    shown = [r["verdict"] == "available" for r in rows]
     return {"predictions": str(out), "samples": len(keys), "model_version": meta["model_version"],
             "threshold": threshold, "predicted_available": float(np.mean(shown)) if shown else None}
 
@@ -88,8 +86,7 @@ class CheckpointPredictor:
             row = self._row(d.get("key", ""), d.get("batch_id", "")) if d.get("key") else None
             if row is None:
                 continue
-            members = {m: Image.open(io.BytesIO(shards.read_member(row["_dir"] / row["shard"], row[f"{m}_offset"],
-                                                                   row[f"{m}_size"]))) for m in IMAGES}
+            members = {m: Image.open(io.BytesIO(shards.member_bytes(row["_dir"], row, m))) for m in IMAGES}
             items.append({**sample(members, row["title"], self.size), "key": row["key"]})
             where.append(i)
         out: list[dict | None] = [None] * len(tasks)

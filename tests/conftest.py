@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -52,32 +50,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def label_studio(tmp_path_factory):
-    """A real Label Studio (the project's .venv-ls), started once per test session on a free port.
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def label_studio(request, tmp_path_factory):
+    """A real Label Studio (the project's .venv-ls), started once per test session and database on a free
+    port: on sqlite, then on a private PostgreSQL cluster (tests/pg.py), as a team runs it.
 
-    Its files root is the session's temporary folder, where the test batches and their media live."""
+    Its files root is the session's temporary folder, where the test batches and their media live.
+    `RF1M_LS_DBS=sqlite` limits the run to one database."""
+    from contextlib import ExitStack
+
     from annotation import server
     from annotation.client import Client
+    from tests import pg
 
+    if request.param not in os.environ.get("RF1M_LS_DBS", "sqlite,postgresql").split(","):
+        pytest.skip(f"Label Studio on {request.param}: not in RF1M_LS_DBS")
     repo = Path(__file__).resolve().parents[1]
     for k, v in {"LABEL_STUDIO_USERNAME": "admin@rf1m.test", "LABEL_STUDIO_PASSWORD": "test-pass-123456",
                  "LABEL_STUDIO_API_KEY": "0123456789abcdef0123456789abcdef01234567"}.items():
         os.environ[k] = v
     cfg = server.ServerConfig(url=f"http://127.0.0.1:{free_port()}", venv=str(repo / ".venv-ls"),
-                              data_dir=str(tmp_path_factory.mktemp("ls")),
-                              files_root=str(tmp_path_factory.getbasetemp()))
-    server.up(cfg)
-    try:
+                              data_dir=str(tmp_path_factory.mktemp(f"ls-{request.param}")),
+                              files_root=str(tmp_path_factory.getbasetemp()), db=request.param)
+    with ExitStack() as stack:
+        if cfg.db == "postgresql":
+            settings = stack.enter_context(pg.cluster(free_port()))
+            os.environ.update(settings)  # up passes its environment to the server
+            stack.callback(lambda: [os.environ.pop(k, None) for k in settings])
+        server.up(cfg)
+        stack.callback(server.down, cfg)
         yield cfg, Client(cfg.url, retries=2, backoff=0.2)
-    finally:
-        server.down(cfg)
 
 
 def write_consensus(labels: Path, batch: str, keys: list[str], flip=(), low: str | None = None, undecided=()):
     """A consensus.parquet as `annotate consensus` writes it: alternating verdicts, optional changes
     (`flip` and `undecided` are collections of keys; an undecided sample is a 1-1 tie)."""
-    from annotation.consensus import CONSENSUS_SCHEMA
+    from rf1m import tables
 
     rows = []
     for i, k in enumerate(sorted(keys)):
@@ -93,14 +101,14 @@ def write_consensus(labels: Path, batch: str, keys: list[str], flip=(), low: str
                      "status": "undecided" if k in undecided else "decided", **votes,
                      "majority_verdict": verdict, "majority_confidence": 1.0, "n_annotators": n,
                      "annotators": ["a@x"], "source": "simulated"})
-    (labels / batch).mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=CONSENSUS_SCHEMA), labels / batch / "consensus.parquet")
+    tables.write(tables.CONSENSUS, rows, labels / batch / "consensus.parquet")
 
 
 @pytest.fixture(scope="session")
 def released(small_batch, tmp_path_factory):
     """The small batch labelled by a constructed consensus and compiled as release v0.1 (2/2/2 by product)."""
-    from rf1m import release, shards
+    from pipelines import release
+    from rf1m import shards
 
     tmp, gen, _ = small_batch
     root = tmp_path_factory.mktemp("rel")

@@ -1,9 +1,14 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
+from pipelines import cli, params
 from pipelines.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def rf1m(*args, cwd=None):
@@ -13,7 +18,9 @@ def rf1m(*args, cwd=None):
 @pytest.mark.parametrize("cmd", [[], ["products"], ["models", "tiny"], ["generate"], ["catalog", "query"],
                                  ["catalog", "snapshot"], ["labelstudio"], ["annotate", "push"], ["annotate", "gold"],
                                  ["annotate", "simulate"], ["annotate", "pull"], ["annotate", "consensus"],
-                                 ["annotate", "ml-backend"], ["release"], ["rfnet"], ["prelabel"]])
+                                 ["annotate", "ml-backend"], ["release"], ["release", "compile"],
+                                 ["release", "verify"], ["release", "promote"], ["rfnet"], ["rfnet", "train"],
+                                 ["rfnet", "eval"], ["prelabel"], ["regenerate"]])
 def test_every_subcommand_has_help(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args([*cmd, "--help"])
@@ -39,6 +46,56 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_generate_without_products_is_a_clear_error(tmp_path):
-    (tmp_path / "params.yaml").write_text(f"generate:\n  products: {tmp_path / 'none'}\n")
+    (tmp_path / "params.yaml").write_text(f"data: {tmp_path / 'none'}\n")
     r = rf1m("--params", str(tmp_path / "params.yaml"), "generate")
     assert r.returncode == 2 and r.stderr.startswith("rf1m: error:") and "Traceback" not in r.stderr
+
+
+def config_of(argv):
+    return cli.stage_config(build_parser().parse_args(argv))
+
+
+def test_overrides_reach_the_config_over_params_and_derived_paths(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump({"data": str(tmp_path / "d"), "batch_id": "b1",
+                                 "generate": {"steps": 5, "layout": {"size": 96, "dilate": 3}},
+                                 "rfnet": {"model": {"dim": 32}}}))
+    gen = config_of(["--params", str(p), "generate", "--steps", "3", "--layout.size", "64", "--no-durable"])
+    assert (gen.steps, gen.layout.size, gen.layout.dilate, gen.durable) == (3, 64, 3, False)
+    assert (gen.batch_id, gen.out, gen.products) == ("b1", str(tmp_path / "d/shards"), str(tmp_path / "d/products"))
+    assert config_of(["--params", str(p), "generate", "--batch-id", "b2"]).batch_id == "b2"
+    rel = config_of(["--params", str(p), "release", "compile", "v0.3", "--policy.min-annotators", "2",
+                     "--splits", "0.5", "0.25", "0.25"])
+    assert (rel.version, rel.batches, rel.policy.min_annotators, rel.splits) == ("v0.3", ("b1",), 2, (0.5, 0.25, 0.25))
+    train = config_of(["--params", str(p), "rfnet", "train", "--drop", "caption", "--out", "x"])
+    assert (train.model.drop, train.model.dim, train.out) == (("caption",), 32, "x")
+
+
+def test_a_bad_value_exits_2(capsys):
+    for argv, expected in ((["generate", "--steps", "many"], "invalid int value: 'many'"),
+                           (["rfnet", "train", "--drop", "colour"], "invalid choice: 'colour'")):
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args(argv)
+        assert e.value.code == 2 and expected in capsys.readouterr().err
+
+
+def test_one_batch_id_and_one_data_root_reach_every_stage(tmp_path):
+    """params.yaml used to repeat batch_id six times and data/shards five times; dvc.yaml used one of
+    the copies, so a stage could write one batch while DVC tracked another."""
+    repo = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section in params.DERIVED:
+        assert not set(repo.get(section) or {}) & {"batch_id", "shards", "labels", "media", "files_root"}, section
+    moved = tmp_path / "params.yaml"
+    moved.write_text(yaml.safe_dump({**repo, "batch_id": "b7", "data": str(tmp_path / "d7")}))
+    seen = set()
+    for stage in cli.STAGES:
+        cfg = params.load(stage.section, cli._resolve(stage.config), moved)
+        values = vars(cfg)
+        if "batch_id" in values:
+            assert values["batch_id"] == "b7", stage.words
+            seen.add(stage.section)
+        for name in ("shards", "labels", "media", "files_root", "products"):
+            if isinstance(values.get(name), str):
+                assert values[name].startswith(str(tmp_path / "d7")), (stage.words, name)
+    assert seen == {"generate", "annotate_push", "panel", "annotate_pull", "consensus", "prelabel"}
+    assert params.load("release", cli._resolve("pipelines.release:ReleaseConfig"), moved).batches == ("b7",)

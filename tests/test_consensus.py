@@ -1,8 +1,8 @@
+import datetime as dt
 import json
 from collections import Counter
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -17,6 +17,7 @@ from annotation.consensus import (
     majority,
     run,
 )
+from rf1m import tables
 
 A, N = "available", "not_available"
 
@@ -64,6 +65,14 @@ def test_dawid_skene_learns_an_unreliable_annotator():
 
 def row(key, annotator, verdict, reasons=(), source="simulated"):
     return {"key": key, "annotator": annotator, "verdict": verdict, "reasons": list(reasons), "source": source}
+
+
+def write_labels(path, rows):
+    """A labels.parquet as pull writes it: the given columns, the others filled in."""
+    t = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    tables.write(tables.LABELS, [{"annotation_id": i, "task_id": i, "project_id": 1, "batch_id": "b", "regions": "[]",
+                                  "lead_time": 1.0, "prediction_accepted": False, "created_at": t, "updated_at": t,
+                                  **r} for i, r in enumerate(rows)], path)
 
 
 def test_consensus_rows_reasons_and_pairwise_kappa():
@@ -119,7 +128,7 @@ def test_run_writes_status_and_votes(tmp_path):
     d.mkdir()
     rows = [{**row(k, a, v), "gold": False} for k, a, v in
             (("k1", "a", A), ("k1", "b", N), ("k2", "a", A), ("k2", "b", A), ("k3", "a", A))]
-    pq.write_table(pa.Table.from_pylist(rows), d / "labels.parquet")
+    write_labels(d / "labels.parquet", rows)
     summary = run(ConsensusConfig(batch_id="b", labels=str(tmp_path)))
     assert summary["undecided"] == 1
     cons = {r["key"]: r for r in pq.read_table(d / "consensus.parquet").to_pylist()}
@@ -137,7 +146,7 @@ def test_run_says_why_alpha_and_kappa_are_null(tmp_path):
     d = tmp_path / "b"
     d.mkdir()
     rows = [{**row(k, a, A), "gold": False} for k in ("k1", "k2") for a in ("a", "b")]
-    pq.write_table(pa.Table.from_pylist(rows), d / "labels.parquet")
+    write_labels(d / "labels.parquet", rows)
     run(ConsensusConfig(batch_id="b", labels=str(tmp_path)))
     agr = json.loads((d / "agreement.json").read_text())
     assert agr["krippendorff_alpha"] is None and "expected disagreement 0" in agr["krippendorff_alpha_undefined"]

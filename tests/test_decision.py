@@ -1,14 +1,15 @@
 """One decision rule: what evaluation measures is what push and the ML backend show annotators."""
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from annotation.ml_backend import FilePredictor
 from annotation.push import read_predictions
+from rf1m import tables
+from rf1m.decision import DEFAULT_THRESHOLD
 from rfnet.evaluate import metrics
 from rfnet.model import CLASSES
+from rfnet.predict import predictions_rows
 
 # p(available) 0.45 with four failures at 0.1375: the argmax says available, p >= 0.5 says not
 PROBS = np.array([[0.45] + [0.1375] * 4,
@@ -29,12 +30,10 @@ def evaluation_says_available(threshold=None) -> list[bool]:
 
 
 def write(path, threshold=None) -> str:
-    cols = {"key": [f"k{i}" for i in range(len(PROBS))], "model_version": ["rfnet-test"] * len(PROBS)}
-    if threshold is not None:
-        cols["threshold"] = [threshold] * len(PROBS)
-    cols.update({f"p_{c}": PROBS[:, i].tolist() for i, c in enumerate(CLASSES)})
-    pq.write_table(pa.table(cols), path)
-    return str(path)
+    """The predictions file as prelabel writes it (no threshold validated: the default)."""
+    rows = predictions_rows([f"k{i}" for i in range(len(PROBS))], PROBS, "rfnet-test",
+                            DEFAULT_THRESHOLD if threshold is None else threshold)
+    return str(tables.write(tables.PREDICTIONS, rows, path))
 
 
 @pytest.mark.parametrize("threshold", [None, 0.7])

@@ -9,6 +9,8 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import pytest
 import webdataset as wds
 
 from pipelines import generate, products
@@ -114,3 +116,61 @@ def test_process_pool_engine_writes_the_same_samples(tmp_path, tiny_model):
         return sorted((r["product_id"], r["seed"], r["scale"], r["offset_x"]) for r in rows)
 
     assert recipes("pool") == recipes("serial")
+
+
+def test_fingerprint_holds_only_the_fields_marked_as_output():
+    """Operational settings (how fast, where, with how many workers) keep finished shards; what the
+    pixels, keys or files depend on makes them stale."""
+    from dataclasses import fields
+
+    from pipelines.conditions import LayoutConfig
+
+    cfg = generate.GenerateConfig()
+
+    def fp(c):
+        return generate.fingerprint(c, ("rev", "rev"), [{"key": "k", "seed": 1}], {"p": "sha"})
+
+    operational = dict(workers=4, threads=2, batch_size=1, engine="local", durable=True, device="cpu",
+                       out="elsewhere", products="elsewhere")
+    for name, value in operational.items():
+        assert fp(replace(cfg, **{name: value})) == fp(cfg), name
+    outputs = dict(seed=1, steps=9, guidance=3.0, eta=0.5, controlnet_scale=1.0, scheduler="EulerDiscreteScheduler",
+                   seeds=3, batch_id="other", base_model="m", revision="r", maxcount=7,
+                   layout=LayoutConfig(dilate=7), prompts=(generate.Prompt("x", "y"),))
+    for name, value in outputs.items():
+        assert fp(replace(cfg, **{name: value})) != fp(cfg), name
+    # every knob the recipe records as an input of the pixels is marked, except the device (cpu/cuda is
+    # recorded per sample, and a re-run on another device keeps what is done, as before)
+    unmarked = {f.name for f in fields(cfg) if not f.metadata.get(generate.AFFECTS_OUTPUT)}
+    assert unmarked & set(schema.REGENERATE_NAMES) == {"device"}
+
+
+def test_a_new_operational_setting_keeps_finished_shards(tmp_path, tiny_model):
+    """Before the split, any field not on a hand-written exclusion list entered the fingerprint, so
+    adding a setting such as a progress switch regenerated every shard of every batch."""
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class WithProgress(generate.GenerateConfig):
+        progress: bool = True
+
+    products.run(products.ProductsConfig(count=2, size=96, out=str(tmp_path / "products")))
+    cfg = small_config(tmp_path, tiny_model, seeds=1)
+    assert generate.run(cfg)["generated_now"] == 2
+    later = WithProgress(**{f: getattr(cfg, f) for f in cfg.__dataclass_fields__}, progress=False)
+    assert generate.run(replace(later, threads=2, batch_size=1))["generated_now"] == 0
+    assert generate.run(replace(later, seed=5))["generated_now"] == 2
+
+
+def test_worker_writes_exactly_the_schema_members_and_recipe():
+    from pipelines import worker
+
+    arrays = {"image": np.zeros((4, 4, 3), np.uint8), "product": np.zeros((4, 4, 4), np.uint8),
+              **{m: np.zeros((4, 4), np.uint8) for m in ("mask", "canny", "depth", "saliency")}}
+    assert list(worker.members_of(arrays)) == [m.wds_name for m in schema.MEMBERS]
+    full = {n: 0 for n in schema.RECIPE_NAMES}
+    assert list(worker.recipe_of(full)) == list(schema.RECIPE_NAMES)
+    with pytest.raises(RuntimeError, match="missing \\['seed'\\]"):
+        worker.recipe_of({k: v for k, v in full.items() if k != "seed"})
+    with pytest.raises(RuntimeError, match="unknown \\['extra'\\]"):
+        worker.recipe_of({**full, "extra": 1})

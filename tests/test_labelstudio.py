@@ -1,4 +1,5 @@
-"""Against a real Label Studio server: push, the simulated panel, pull, faults, the ML backend."""
+"""Against a real Label Studio server (sqlite, then PostgreSQL): push, the simulated panel, pull, faults,
+the ML backend. Tests that restart the server with other settings or drive the whole CLI run on sqlite only."""
 
 import json
 import os
@@ -10,15 +11,16 @@ from collections import Counter, defaultdict
 from dataclasses import replace
 from pathlib import Path
 
-import pyarrow as pa
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import requests
 import yaml
 
 from annotation import consensus, ml_backend, panel, pull, push, server
-from annotation.client import Client, LabelStudioUnavailable
-from rf1m import shards
+from annotation.client import Client, LabelStudioError, LabelStudioUnavailable
+from rf1m import shards, tables
+from rfnet.predict import predictions_rows
 from tests.conftest import free_port
 
 
@@ -35,9 +37,17 @@ def pushed(small_batch, label_studio):
     return tmp, gen, push_cfg, pcfg, first
 
 
+def list_tasks(client: Client, project_id: int, fields: str = "task_only") -> list:
+    return list(client.ls.tasks.list(project=project_id, fields=fields, page_size=1000))
+
+
 def count_tasks(client: Client, project_id: int) -> Counter:
-    return Counter(t["data"]["task_key"] for t in client.pages("/api/tasks", "tasks", project=project_id,
-                                                                  fields="task_only"))
+    return Counter(t.data["task_key"] for t in list_tasks(client, project_id))
+
+
+def sqlite_only(cfg, why: str) -> None:
+    if cfg.db != "sqlite":
+        pytest.skip(f"sqlite only: {why}")
 
 
 def test_push_is_idempotent_and_mixes_in_gold(pushed, label_studio):
@@ -48,11 +58,12 @@ def test_push_is_idempotent_and_mixes_in_gold(pushed, label_studio):
     assert again["imported_now"] == 0 and again["project_id"] == first["project_id"]
     counts = count_tasks(client, first["project_id"])
     assert sum(counts.values()) == 9 and set(counts.values()) == {1}
-    project = client.get(f"/api/projects/{first['project_id']}")
-    assert project["title"] == "RF1M batch t" and project["maximum_annotations"] == 2
+    project = client.ls.projects.get(first["project_id"])
+    assert project.title == "RF1M batch t" and project.maximum_annotations == 2
     # the images are served by Label Studio's local-files storage, to an authenticated client
-    task = next(iter(client.pages("/api/tasks", "tasks", project=first["project_id"], fields="task_only")))
-    r = client.session.get(client.url + task["data"]["image"], timeout=30)
+    task = list_tasks(client, first["project_id"])[0]
+    r = requests.get(client.url + task.data["image"], timeout=30,
+                     headers={"Authorization": f"Token {os.environ['LABEL_STUDIO_API_KEY']}"})
     assert r.status_code == 200 and r.content[:4] == b"\x89PNG"
 
 
@@ -60,8 +71,7 @@ def test_panel_labels_and_pull_returns_exactly_that(pushed, label_studio):
     tmp, gen, push_cfg, pcfg, first = pushed
     _, client = label_studio
     done = panel.run(pcfg, first["project_id"], client)
-    overlaps = [t["overlap"] for t in client.pages("/api/tasks", "tasks", project=first["project_id"],
-                                                    fields="task_only")]
+    overlaps = [t.overlap for t in list_tasks(client, first["project_id"])]
     assert done["annotations_posted"] == sum(overlaps) and max(overlaps) == 2
     assert panel.run(pcfg, first["project_id"], client)["annotations_posted"] == 0  # nothing twice
     pcfg_pull = pull.PullConfig(batch_id=gen.batch_id, labels=str(tmp / "labels"))
@@ -94,18 +104,18 @@ def test_panel_labels_and_pull_returns_exactly_that(pushed, label_studio):
     assert summary["judgements"] == sum(map(len, regular.values()))
 
 
-def post(client, task_id, choices, reasons):
+def post(client, task_id, choices, reasons) -> dict:
     result = [{"from_name": "verdict", "to_name": "image", "type": "choices", "value": {"choices": choices}}]
     if reasons:
         result.append({"from_name": "reasons", "to_name": "image", "type": "choices", "value": {"choices": reasons}})
-    return client.post(f"/api/tasks/{task_id}/annotations", {"result": result, "lead_time": 1.0})
+    return client.ls.annotations.create(task_id, result=result, lead_time=1.0).model_dump()
 
 
 def test_unknown_reason_is_quarantined(pushed, label_studio):
     tmp, gen, *_ , first = pushed
     _, client = label_studio
-    task = next(iter(client.pages("/api/tasks", "tasks", project=first["project_id"], fields="task_only")))
-    bad = post(client, task["id"], ["not_available"], ["size_mismatch", "too_shiny"])
+    task = list_tasks(client, first["project_id"])[0]
+    bad = post(client, task.id, ["not_available"], ["size_mismatch", "too_shiny"])
     cfg = pull.PullConfig(batch_id=gen.batch_id, labels=str(tmp / "labels"))
     got = pull.run(cfg, client)
     assert got["quarantined_now"] == 1
@@ -118,17 +128,60 @@ def test_unknown_reason_is_quarantined(pushed, label_studio):
     assert len((tmp / "labels" / gen.batch_id / "quarantine.jsonl").read_text().splitlines()) == len(lines)
 
 
+def api(client, method: str, path: str, body=None):
+    """A plain REST call, as a user's script or the web UI makes it (outside the code under test)."""
+    r = requests.request(method, client.url + path, json=body, timeout=60,
+                         headers={"Authorization": f"Token {os.environ['LABEL_STUDIO_API_KEY']}"})
+    r.raise_for_status()
+    return r.json() if r.content else None
+
+
+def test_pull_reflects_edits_and_deletions_and_reads_only_changed_tasks(pushed, label_studio):
+    """An annotation edited, one deleted and one added in Label Studio: the next pull has the edit, drops
+    the deleted label and adds the new one, reading only those tasks; a pull with nothing new reads none."""
+    tmp, gen, *_, first = pushed
+    _, client = label_studio
+    labels = tmp / "labels" / gen.batch_id / "labels.parquet"
+    cfg = pull.PullConfig(batch_id=gen.batch_id, labels=str(tmp / "labels"))
+    pull.run(cfg, client)
+    before = {r["annotation_id"]: r for r in pq.read_table(labels).to_pylist()}
+    edit = next(r for r in before.values() if r["verdict"] == "available")
+    gone = next(r for r in before.values() if r["task_id"] != edit["task_id"])
+    result = [{"from_name": "verdict", "to_name": "image", "type": "choices", "value": {"choices": ["not_available"]}},
+              {"from_name": "reasons", "to_name": "image", "type": "choices", "value": {"choices": ["size_mismatch"]}}]
+    api(client, "PATCH", f"/api/annotations/{edit['annotation_id']}", {"result": result})
+    api(client, "DELETE", f"/api/annotations/{gone['annotation_id']}")
+    tasks = api(client, "GET", f"/api/tasks?project={first['project_id']}&page_size=1000")["tasks"]
+    third = next(t["id"] for t in tasks if t["id"] not in (edit["task_id"], gone["task_id"]))
+    new = api(client, "POST", f"/api/tasks/{third}/annotations", {
+        "result": [{**result[0], "value": {"choices": ["available"]}}], "lead_time": 1.0})
+    got = pull.run(cfg, client)
+    after = {r["annotation_id"]: r for r in pq.read_table(labels).to_pylist()}
+    assert gone["annotation_id"] not in after  # deleted in Label Studio, so gone here too
+    assert (after[edit["annotation_id"]]["verdict"], after[edit["annotation_id"]]["reasons"]) == (
+        "not_available", ["size_mismatch"])
+    assert set(after) == set(before) - {gone["annotation_id"]} | {new["id"]}
+    assert got["new_or_changed"] == 2 and got["removed"] == 1
+    # with no overlap window, only the three touched tasks are read, and nothing once nothing changed
+    quiet = replace(cfg, overlap_s=0.0)
+    api(client, "PATCH", f"/api/annotations/{new['id']}", {"lead_time": 2.0})  # one more change to read
+    assert pull.run(quiet, client)["tasks_read"] == 1
+    again = pull.run(quiet, client)
+    assert (again["tasks_read"], again["new_or_changed"], again["removed"]) == (0, 0, 0)
+    assert {r["annotation_id"] for r in pq.read_table(labels).to_pylist()} == set(after)
+
+
 class StopsDuringPull(Client):
-    """Fault injection: the server is really stopped right before the export request."""
+    """Fault injection: the server is really stopped right before the task listing."""
 
     def __init__(self, cfg, **kw):
         super().__init__(cfg.url, **kw)
         self.cfg = cfg
 
-    def request(self, method, path, **kw):
-        if path.endswith("/export") and server.healthy(self.cfg.url):
+    def call(self, what, fn, *args, **kw):
+        if what == "tasks.list" and server.healthy(self.cfg.url):
             server.down(self.cfg)
-        return super().request(method, path, **kw)
+        return super().call(what, fn, *args, **kw)
 
 
 def test_label_studio_stopped_during_pull(pushed, label_studio):
@@ -138,49 +191,99 @@ def test_label_studio_stopped_during_pull(pushed, label_studio):
     pcfg = pull.PullConfig(batch_id=gen.batch_id, labels=str(tmp / "labels"))
     pull.run(pcfg, client)
     state, labels = (out / "pull_state.json").read_bytes(), (out / "labels.parquet").read_bytes()
-    with pytest.raises(LabelStudioUnavailable, match="did not answer GET .*/export after 3 tries"):
+    with pytest.raises(LabelStudioUnavailable, match="did not answer tasks.list after 3 tries"):
         pull.run(pcfg, StopsDuringPull(cfg, retries=2, backoff=0.1))
     assert (out / "pull_state.json").read_bytes() == state and (out / "labels.parquet").read_bytes() == labels
     server.up(cfg)  # a restart on the migrated data dir
-    task = next(iter(client.pages("/api/tasks", "tasks", project=first["project_id"], fields="task_only")))
-    new = post(client, task["id"], ["available"], [])
+    task = list_tasks(client, first["project_id"])[0]
+    new = post(client, task.id, ["available"], [])
     got = pull.run(pcfg, client)
     assert got["new_or_changed"] == 1
     ids = pq.read_table(out / "labels.parquet").column("annotation_id").to_pylist()
     assert new["id"] in ids and len(ids) == len(set(ids))
 
 
-def test_ml_backend_serves_predictions_to_label_studio(pushed, label_studio, tmp_path):
+def test_push_leaves_off_a_prelabel_the_labelling_config_refuses(small_batch, tmp_path):
+    """RFNet's file names a reason the taxonomy lacks for one sample: that task goes out without a pre-label,
+    the refusal is quarantined with the SDK's reason, and every other task keeps its pre-label."""
+    tmp, gen, _ = small_batch
+    keys = sorted(shards.read_sidecars(Path(gen.out) / gen.batch_id).column("key").to_pylist())
+    rows = predictions_rows(keys, np.array([[0.2, 0.7, 0.1, 0.0, 0.0]] * len(keys)), "rfnet-test", 0.5)
+    rows[0]["reasons"] = ["too_shiny"]
+    preds = tmp_path / "predictions.parquet"
+    tables.write(tables.PREDICTIONS, rows, preds)
+    cfg = push.PushConfig(batch_id=gen.batch_id, shards=gen.out, labels=str(tmp_path / "labels"),
+                          media=str(tmp_path / "media"), files_root=str(tmp_path), predictions=str(preds))
+    refused = []
+    tasks, _ = push.build_tasks(cfg, refused)
+    by_key = {t["data"]["key"]: t for t in tasks if not t["data"]["gold"]}
+    assert "predictions" not in by_key[keys[0]] and "prelabel" not in by_key[keys[0]]["data"]
+    assert all(by_key[k]["predictions"][0]["model_version"] == "rfnet-test" for k in keys[1:])
+    assert [(r.reason, r.item) for r in refused] == [("invalid_prediction", f"prediction for {keys[0]} (rfnet-test)")]
+    assert "too_shiny" in refused[0].detail
+
+
+class CountingPredictor(ml_backend.FilePredictor):
+    """The file predictor, noting the keys Label Studio asked it about."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.asked = []
+
+    def predict(self, tasks):
+        self.asked += [t["data"]["key"] for t in tasks]
+        return super().predict(tasks)
+
+
+def test_label_studio_stores_the_backends_predictions_only_when_loopback_is_allowed(pushed, label_studio, tmp_path):
+    """A default `up` keeps SSRF protection and the local-IP block on: Label Studio refuses a backend on
+    127.0.0.1. Restarted with allow_loopback_ml_backend, it connects, calls /predict for every task, and
+    stores the answers, under the RFNet model version."""
     tmp, gen, push_cfg, _, first = pushed
-    _, client = label_studio
+    cfg, client = label_studio
+    sqlite_only(cfg, "restarts the server with other settings")
+    pid = first["project_id"]
     keys = sorted(shards.read_sidecars(Path(gen.out) / gen.batch_id).column("key").to_pylist())
     preds = tmp_path / "predictions.parquet"
-    pq.write_table(pa.Table.from_pylist([
-        {"key": k, "model_version": "rfnet-test", "p_available": 0.9 if i % 2 else 0.2, "p_unsuitable": 0.0,
-         "p_space_mismatch": 0.7, "p_size_mismatch": 0.1, "p_indistinctiveness": 0.0, "p_shape_hallucination": 0.0}
-        for i, k in enumerate(keys)]), preds)
+    # as prelabel writes them (classes: available, space, size, indistinct, shape); default threshold 0.5
+    probs = np.array([[0.9 if i % 2 else 0.2, 0.7, 0.1, 0.0, 0.0] for i in range(len(keys))])
+    tables.write(tables.PREDICTIONS, predictions_rows(keys, probs, "rfnet-test", 0.5), preds)
+    want = {r["key"]: (r["verdict"], r["reasons"]) for r in tables.read(tables.PREDICTIONS, preds).to_pylist()}
+    predictor = CountingPredictor(str(preds))
     port = free_port()
-    srv = ml_backend.serve(ml_backend.make_predictor(f"predictions:{preds}"), port=port, background=True)
+    srv = ml_backend.serve(predictor, port=port, background=True)
+    url = f"http://127.0.0.1:{port}"
     try:
-        url = f"http://127.0.0.1:{port}"
-        tasks = [{"id": 1, "data": {"key": keys[1]}}, {"id": 2, "data": {"key": "unknown"}},
-                 {"id": 3, "data": {"key": keys[0]}}]
-        res = requests.post(url + "/predict", json={"tasks": tasks}, timeout=10).json()["results"]
-        assert res[0]["result"][0]["value"]["choices"] == ["available"] and res[0]["score"] == 0.9
-        assert res[1]["result"] == []
-        assert res[2]["result"][1]["value"]["choices"] == ["space_mismatch"]
-        backend = ml_backend.connect(client, first["project_id"], url)
-        assert backend["state"] == "CO" and ml_backend.connect(client, first["project_id"], url)["id"] == backend["id"]
+        res = requests.post(url + "/predict", json={"tasks": [{"id": 2, "data": {"key": "unknown"}}]}, timeout=10)
+        assert res.json()["results"][0]["result"] == []  # a task the file lacks: no pre-label
+        with pytest.raises(LabelStudioError, match="ml.create: HTTP 4"):
+            ml_backend.connect(client, pid, url)
+        assert not client.ls.ml.list(project=pid)
+        server.down(cfg)
+        server.up(replace(cfg, allow_loopback_ml_backend=True))
+        backend = ml_backend.connect(client, pid, url)
+        assert backend["state"] == "CO" and ml_backend.connect(client, pid, url)["id"] == backend["id"]
+        predictor.asked.clear()
+        ml_backend.retrieve_predictions(client, pid)
+        tasks = list_tasks(client, pid, "all")
+        assert sorted(predictor.asked) == sorted(t.data["key"] for t in tasks)  # Label Studio called the backend
+        for t in tasks:
+            (p,) = t.predictions  # pushed without pre-labels: this one is the backend's
+            got = {r["from_name"]: r["value"]["choices"] for r in p["result"]}
+            verdict, reasons = want[t.data["key"]]
+            assert p["model_version"] == "rfnet-test" and got["verdict"] == [verdict]
+            assert got.get("reasons", []) == (reasons if verdict == "not_available" else [])
     finally:
         srv.shutdown()
+        server.down(cfg)
+        server.up(cfg)  # the default again, for the tests that follow
     # push attaches the same predictions as pre-labels to a new batch's tasks
     other = replace(push_cfg, batch_id="t_pred", predictions=str(preds))
     shutil.copytree(Path(gen.out) / gen.batch_id, Path(gen.out) / "t_pred", dirs_exist_ok=True)
     got = push.run(other, client)
     assert got["with_predictions"] == 6
-    task = next(t for t in client.pages("/api/tasks", "tasks", project=got["project_id"], fields="all")
-                if not t["data"]["gold"])
-    assert task["predictions"][0]["model_version"] == "rfnet-test"
+    task = next(t for t in list_tasks(client, got["project_id"], "all") if not t.data["gold"])
+    assert task.predictions[0]["model_version"] == "rfnet-test"
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -250,6 +353,7 @@ def test_cli_never_prints_or_logs_the_secrets(small_batch, label_studio, tmp_pat
     the password or the API token."""
     tmp, gen, _ = small_batch
     cfg, _ = label_studio
+    sqlite_only(cfg, "the CLI does not depend on the database; one run of it is enough")
     batch, labels = "t_cli", tmp_path / "labels"
     shutil.copytree(Path(gen.out) / gen.batch_id, Path(gen.out) / batch, dirs_exist_ok=True)
     params = tmp_path / "params.yaml"

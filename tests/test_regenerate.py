@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines import cli, generate, products
+from pipelines import cli, generate, products, worker
 from pipelines.conditions import LayoutConfig
 from pipelines.models import folder_hash
 from rf1m import schema, shards
@@ -64,16 +64,16 @@ def test_every_regeneration_knob_round_trips_through_the_recipe():
     cfg = generate.GenerateConfig(base_model="m", steps=3, guidance=5.0, eta=0.3, controlnet_scale=0.8,
                                   scheduler="EulerDiscreteScheduler",
                                   layout=LayoutConfig(size=96, dilate=7, canny_low=50, canny_high=150))
-    recipe = {**generate.config_knobs(cfg), "controlnet_model": "m", "model_revision": "r1",
+    recipe = {**worker.config_knobs(cfg), "controlnet_model": "m", "model_revision": "r1",
               "controlnet_revision": "r2", "device": "cpu"}
     back = config_from_recipe(recipe)
-    assert generate.config_knobs(back) == {**generate.config_knobs(cfg), "device": "cpu", "controlnet_revision": "r2"}
+    assert worker.config_knobs(back) == {**worker.config_knobs(cfg), "device": "cpu", "controlnet_revision": "r2"}
     assert back.layout == LayoutConfig(size=96, dilate=7, canny_low=50, canny_high=150)
     assert (back.controlnet_model, back.revision, back.controlnet_revision) == (None, "r1", "r2")
     # every regeneration field is a config knob or one of the per-sample / resolved values
     per_sample = {"product_id", "product_sha256", "prompt", "negative_prompt", "scale", "offset_x", "offset_y",
                   "model_revision", "dtype"}
-    assert set(schema.REGENERATE_NAMES) - set(generate.config_knobs(cfg)) == per_sample
+    assert set(schema.REGENERATE_NAMES) - set(worker.config_knobs(cfg)) == per_sample
 
 
 def test_regenerate_rebuilds_stored_images_within_one_grey_level(small_batch, tmp_path, capsys):

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines import release as stage
 from rf1m import release, schema, shards
 from tests.conftest import write_consensus
 
@@ -67,17 +68,20 @@ def test_load_dataset_gives_declared_types_and_three_splits(released, tmp_path):
 
 def test_split_rule_keeps_earlier_splits_and_deals_new_products_by_hash():
     products = {f"p{i}": "abc"[i % 3] for i in range(50)}
-    first = release.split_products(products, (0.8, 0.1, 0.1), seed=0)
-    assert first == release.split_products(dict(reversed(products.items())), (0.8, 0.1, 0.1), seed=0)
+    first = stage.split_products(products, (0.8, 0.1, 0.1), seed=0)
+    assert first == stage.split_products(dict(reversed(products.items())), (0.8, 0.1, 0.1), seed=0)
     assert Counter(first.values()) == {"train": 40, "validation": 5, "test": 5}
     for cat in "abc":  # every category reaches the training split
         assert any(first[p] == "train" for p, c in products.items() if c == cat)
     # later: five products gone, ten new; fractions that would want everything elsewhere change nothing old
     later = {**{p: c for p, c in products.items() if p not in {"p0", "p1", "p2", "p3", "p4"}},
              **{f"q{i}": "d" for i in range(10)}}
-    second = release.split_products(later, (0.1, 0.1, 0.8), seed=0, earlier=first)
+    second = stage.split_products(later, (0.1, 0.1, 0.8), seed=0, earlier=first)
     assert all(second[p] == first[p] for p in later if p in first)
-    assert Counter(second[f"q{i}"] for i in range(10)) == {"test": 10}  # 55 products: test far below 0.8
+    # new products are stratified among themselves, whatever the old products' splits
+    assert Counter(second[f"q{i}"] for i in range(10)) == {"train": 1, "validation": 1, "test": 8}
+    all_train = stage.split_products(later, (0.1, 0.1, 0.8), seed=0, earlier=dict.fromkeys(first, "train"))
+    assert all(all_train[f"q{i}"] == second[f"q{i}"] for i in range(10))
 
 
 def test_released_products_never_cross_splits(released):
@@ -119,10 +123,10 @@ def test_products_keep_their_split_in_a_later_release(tmp_path):
     old, added = [f"p{i:02d}" for i in range(20)], [f"p{i:02d}" for i in range(20, 25)]
     keys = fake_batch(tmp_path / "shards", "b1", old)
     write_consensus(tmp_path / "labels1", "b1", keys)
-    cfg = release.ReleaseConfig(version="v0.1", batches=("b1",), shards=str(tmp_path / "shards"),
+    cfg = stage.ReleaseConfig(version="v0.1", batches=("b1",), shards=str(tmp_path / "shards"),
                                 labels=str(tmp_path / "labels1"), out=str(tmp_path / "releases"),
                                 splits=(0.6, 0.2, 0.2))
-    release.compile_release(cfg)
+    stage.compile_release(cfg)
     relabelled, dropped = "p03", "p11"
     write_consensus(tmp_path / "labels2", "b1", [k for k in keys if f"-{dropped}-" not in k],
                     flip={f"b1-{relabelled}-s0"})  # s0 was not available: now both samples are
@@ -140,17 +144,18 @@ def test_products_keep_their_split_in_a_later_release(tmp_path):
 
 
 def test_releases_that_disagree_on_a_split_are_refused(tmp_path):
+    from rf1m import tables
+
+    row = {c: None for c in tables.RELEASE_LABELS.names}
     for version, split in (("v0.1", "train"), ("v0.2", "test")):
         d = tmp_path / version
-        (d / "labels").mkdir(parents=True)
+        (d / "manifest.json").parent.mkdir(parents=True)
         (d / "manifest.json").write_text("{}")
         for s in release.SPLITS:
-            rows = [{"product_id": "p7", "split": s}] if s == split else []
-            pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("product_id", pa.string()),
-                                                                        ("split", pa.string())])),
-                           d / "labels" / f"{s}.parquet")
+            rows = [{**row, "product_id": "p7", "split": s}] if s == split else []
+            tables.write(tables.RELEASE_LABELS, rows, d / "labels" / f"{s}.parquet")
     with pytest.raises(ValueError, match=r"'p7' is in train in release v0.1 but in test in release v0.2"):
-        release.earlier_splits(tmp_path)
+        stage.earlier_splits(tmp_path)
 
 
 def test_undecided_samples_are_left_out_and_counted(released, tmp_path):
@@ -158,15 +163,15 @@ def test_undecided_samples_are_left_out_and_counted(released, tmp_path):
     tie = sorted(keys)[1]
     write_consensus(tmp_path / "labels", cfg.batches[0], keys, undecided={tie})
     base = replace(cfg, labels=str(tmp_path / "labels"), out=str(tmp_path / "releases"))
-    summary = release.compile_release(base)
+    summary = stage.compile_release(base)
     assert summary["excluded"] == {"undecided": 1} and summary["samples"] == len(keys) - 1
     assert tie not in written_splits(base.out, "v0.1")["keys"]
     assert "Labelled samples left out, by the first rule that applies:\n1 undecided." in (
         Path(base.out) / "v0.1" / "README.md").read_text()
     with pytest.raises(ValueError, match="undecided must be exclude or not_available"):
-        release.compile_release(replace(base, version="v0.3", policy=release.Policy(undecided="keep")))
-    kept = replace(base, version="v0.2", policy=release.Policy(undecided="not_available"))
-    assert release.compile_release(kept)["excluded"] == {}
+        stage.compile_release(replace(base, version="v0.3", policy=stage.Policy(undecided="keep")))
+    kept = replace(base, version="v0.2", policy=stage.Policy(undecided="not_available"))
+    assert stage.compile_release(kept)["excluded"] == {}
     assert [r["label"] for r in release.read_labels("v0.2", base.out) if r["key"] == tie] == [1]
 
 
@@ -197,7 +202,7 @@ def test_verify_catches_a_flipped_byte_and_overwrite_is_refused(released, tmp_pa
         release.verify("v0.1", copy)
     before = (Path(cfg.out) / "v0.1" / "manifest.json").read_bytes()
     with pytest.raises(ValueError, match="immutable"):
-        release.compile_release(cfg)
+        stage.compile_release(cfg)
     assert (Path(cfg.out) / "v0.1" / "manifest.json").read_bytes() == before
 
 
@@ -206,8 +211,8 @@ def test_diff_on_a_constructed_pair(released):
     ks = sorted(keys)
     write_consensus(root / "labels2", cfg.batches[0], ks, flip={ks[2]}, low=ks[4])
     v2 = replace(cfg, version="v0.2", parent="v0.1", labels=str(root / "labels2"),
-                 policy=release.Policy(min_confidence=0.5))
-    release.compile_release(v2)
+                 policy=stage.Policy(min_confidence=0.5))
+    stage.compile_release(v2)
     d = release.diff("v0.1", "v0.2", cfg.out)
     assert d["removed"] == [ks[4]] and d["added"] == [] and d["relabelled"] == [ks[2]]
     # v0.1: ks[1,3,5] available, ks[0,2,4] not (2 reasons each); v0.2 drops ks[4], flips ks[2] to available
@@ -218,8 +223,8 @@ def test_diff_on_a_constructed_pair(released):
 
 def test_same_name_different_release_never_shares_a_cache(released, tmp_path):
     root, cfg, keys = released
-    other = replace(cfg, out=str(tmp_path / "elsewhere"), policy=release.Policy(min_annotators=2))
-    release.compile_release(other)
+    other = replace(cfg, out=str(tmp_path / "elsewhere"), policy=stage.Policy(min_annotators=2))
+    stage.compile_release(other)
     cache = tmp_path / "cache"
     a = release.load("v0.1", root=cfg.out, cache_dir=cache)
     b = release.load("v0.1", root=other.out, cache_dir=cache)

@@ -207,7 +207,7 @@ def test_prelabel_writes_what_push_reads_and_the_backend_serves(rel):
 @pytest.fixture(scope="module")
 def no_reason_release(small_batch, tmp_path_factory):
     """The small batch released with one unsuitable-only and one reasonless not-available sample."""
-    from rf1m import release
+    from pipelines import release
     from tests.conftest import write_consensus
 
     tmp, gen, _ = small_batch
