@@ -6,7 +6,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test lint clean
+.PHONY: install demo dashboard test lint clean
 
 install: $(VENV)/.installed $(LS_VENV)/bin/label-studio
 
@@ -27,6 +27,13 @@ demo: install
 	rf1m labelstudio up
 	dvc repro
 	rf1m catalog query "SELECT prompt_id, count(*) AS samples, count(DISTINCT product_id) AS products FROM samples GROUP BY ALL ORDER BY ALL"
+	rf1m summary
+
+# The quality lead's dashboard on http://127.0.0.1:8501 (loopback only; no usage statistics sent).
+dashboard: $(VENV)/.installed
+	$(PY) -c "import streamlit" 2>/dev/null || $(PY) -m pip install -q -e '.[dashboard]'
+	$(PY) -m streamlit run dashboards/app.py --server.address 127.0.0.1 --server.headless true \
+		--browser.gatherUsageStats false
 
 test: install
 	$(PY) -m pytest -q

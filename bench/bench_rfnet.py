@@ -1,11 +1,9 @@
-"""RFNet benches, on a compiled release (default: the demo's v0.1).
-
-1. Held-out AP of `available`: the full RFNet against an image-only baseline (the generated image
-   alone, same backbone, same training). The demo release is small, so instead of its 40-sample
-   held-out splits this uses K-fold cross-validation by product over all its samples: every sample is
-   predicted once by a model that never saw its product, and AP is computed on the pooled predictions.
-   With --ablations, also one model per dropped input, in the shape of the paper's table.
-2. Prelabel throughput as a ratio to the model's forward pass alone on the same batches (target >= 0.8).
+"""RFNet's held-out AP of `available` on a compiled release (default: the demo's v0.1), against an
+image-only baseline (the generated image alone, same backbone, same training). The demo release is
+small, so instead of its 40-sample held-out splits this uses K-fold cross-validation by product over all
+its samples: every sample is predicted once by a model that never saw its product, and AP is computed on
+the pooled predictions. With --ablations, also one model per dropped input, in the shape of the paper's
+table. Prelabel throughput is `bench_prelabel.py`.
 
     .venv/bin/python bench/bench_rfnet.py [--release v0.1] [--epochs 10] [--ablations]
 """
@@ -21,9 +19,10 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench import timing  # noqa: E402
 from pipelines import params  # noqa: E402
-from rfnet import checkpoint, predict  # noqa: E402
-from rfnet.data import ReleaseSplit, collate, shard_samples  # noqa: E402
+from rfnet import checkpoint  # noqa: E402
+from rfnet.data import ReleaseSplit, collate  # noqa: E402
 from rfnet.evaluate import metrics  # noqa: E402
 from rfnet.evaluate import predict as run_model  # noqa: E402
 from rfnet.train import TrainConfig, train  # noqa: E402
@@ -53,9 +52,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--ablations", action="store_true")
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--batch", default="demo", help="batch whose shards the prelabel bench reads")
     a = ap.parse_args()
     torch.set_num_threads(1)
+    rec = timing.Record("rfnet_ap", vars(a))
     base = params.load("rfnet", TrainConfig, "params.yaml", {"release": a.release, "epochs": a.epochs})
     runs = {"RFNet (all inputs)": (), "image only (generated image)": ("product", "depth", "saliency", "caption")}
     if a.ablations:
@@ -72,26 +71,7 @@ def main() -> None:
         print(f"\nAP of available, {a.folds}-fold cross-validation by product over {a.release} ({a.epochs} epochs):")
         for name, (ap_, n, secs) in results.items():
             print(f"  {name:32s} AP {ap_:.3f}  (n={n}, {secs:.0f} s)")
-
-        full = Path(tmp) / "RFNet_(all_inputs)" / "fold0" / "best"
-        model, meta = checkpoint.load(full)
-        urls = sorted(str(p) for p in (Path("data/shards") / a.batch).glob("*.tar"))
-        batches = list(torch.utils.data.DataLoader(shard_samples(urls, meta["model"]["image_size"]), batch_size=32,
-                                                   collate_fn=collate))
-        n = sum(len(b["keys"]) for b in batches)
-        fwd, pre = [], []
-        for _ in range(3):
-            t = time.perf_counter()
-            with torch.no_grad():
-                for b in batches:
-                    model(b["images"], model.tokenize(b["captions"]))
-            fwd.append(time.perf_counter() - t)
-            t = time.perf_counter()  # the model is loaded once per run; what is timed is the loop over the batch
-            predict.prelabel(model, meta, predict.PrelabelConfig(batch_id=a.batch, out=str(Path(tmp) / "pred")))
-            pre.append(time.perf_counter() - t)
-        print(f"\nforward pass alone: {n / min(fwd):6.1f} samples/s")
-        print(f"prelabel          : {n / min(pre):6.1f} samples/s (read shards, decode in a worker, forward, write)")
-        print(f"ratio             : {min(fwd) / min(pre):.3f}  (target >= 0.8)")
+    rec.save(**{name: {"ap": ap_, "n": n, "seconds": secs} for name, (ap_, n, secs) in results.items()})
 
 
 if __name__ == "__main__":

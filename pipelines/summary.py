@@ -1,0 +1,62 @@
+"""What `make demo` ends with: the loop's headline numbers, read from the files the stages wrote.
+
+Nothing is recomputed here: counts and the usable rate come from the catalog (rf1m.catalog), the
+agreement from each batch's agreement.json (the consensus stage's own figures), RFNet's AP from the
+evaluation's metrics.json. A stage that has not run shows as "not yet", so the summary never fails
+for a partial run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rf1m.catalog import Catalog
+from rf1m.paths import Layout
+from rf1m.release import list_releases
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def collect(layout: Layout, releases: str | Path, metrics: str | Path, labelstudio_url: str) -> dict:
+    con = Catalog(layout.base, releases).con
+    one = lambda sql: con.execute(sql).fetchone()  # noqa: E731
+    samples, batches = one("SELECT count(*), count(DISTINCT batch_id) FROM samples")
+    labelled, decided, available = one(
+        "SELECT count(*), count(*) FILTER (status = 'decided'), "
+        "count(*) FILTER (status = 'decided' AND verdict = 'available') FROM consensus")
+    batches_labelled = [b for (b,) in con.execute("SELECT DISTINCT batch_id FROM consensus ORDER BY 1").fetchall()]
+    agreement = {b: a for b in batches_labelled if (a := _json(layout.agreement(b))) is not None}
+    evaluation = _json(Path(metrics) / "metrics.json") or {}
+    return {
+        "samples": samples, "batches": batches, "judgements": one("SELECT count(*) FROM labels")[0],
+        "labelled": labelled, "undecided": labelled - decided,
+        "usable_rate": available / decided if decided else None,
+        "krippendorff_alpha": {b: a.get("krippendorff_alpha") for b, a in agreement.items()},
+        "releases": [r["version"] + (" (current)" if r["current"] else "") for r in list_releases(releases)],
+        "rfnet_ap": evaluation.get("ap"), "rfnet_f1": evaluation.get("f1"),
+        "labelstudio": labelstudio_url, "dashboard": "make dashboard",
+    }
+
+
+def text(s: dict) -> str:
+    """The summary as a few aligned lines for a terminal."""
+    pct = lambda x: "not yet" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    alpha = ", ".join(f"{b}: {'undefined' if a is None else f'{a:.2f}'}" for b, a in s["krippendorff_alpha"].items())
+    lines = [
+        ("samples", f"{s['samples']:,} in {s['batches']} batch(es); {s['judgements']:,} judgements"),
+        ("labelled", f"{s['labelled']:,} samples ({s['undecided']:,} undecided)"),
+        ("usable rate", pct(s["usable_rate"]) + (" of decided samples" if s["usable_rate"] is not None else "")),
+        ("agreement", f"Krippendorff's alpha {alpha}" if alpha else "not yet"),
+        ("RFNet", "not yet evaluated" if s["rfnet_ap"] is None
+         else f"AP {pct(s['rfnet_ap'])}, F1 {pct(s['rfnet_f1'])} (available, test split)"),
+        ("releases", ", ".join(s["releases"]) or "none yet"),
+        ("Label Studio", s["labelstudio"]),
+        ("dashboard", f"run `{s['dashboard']}`, then open http://127.0.0.1:8501"),
+    ]
+    return "\n".join(f"{k:>13}  {v}" for k, v in lines)

@@ -1,0 +1,44 @@
+"""`rf1m summary`, what `make demo` ends with: the numbers come from the files the stages wrote."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import yaml
+
+from bench.bench_dashboard import build
+from pipelines.cli import main
+
+
+def test_summary_reports_the_files_numbers(tmp_path, capsys):
+    data, releases, metrics = tmp_path / "data", tmp_path / "releases", tmp_path / "metrics"
+    build(data, releases, batches=2, labels=120, seed=5)
+    (data / "labels" / "b000" / "agreement.json").write_text(json.dumps({"krippendorff_alpha": 0.61}))
+    (data / "labels" / "b001" / "agreement.json").write_text(json.dumps({"krippendorff_alpha": None}))
+    metrics.mkdir()
+    (metrics / "metrics.json").write_text(json.dumps({"ap": 0.8758, "f1": 0.8583}))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"data": str(data), "release": {"out": str(releases)},
+                                      "evaluate": {"out": str(metrics)}}))
+
+    assert main(["--params", str(params), "summary", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    cons = pd.concat(pd.read_parquet(p) for p in sorted(data.glob("labels/*/consensus.parquet")))
+    decided = cons[cons.status == "decided"]
+    assert got["usable_rate"] == (decided.verdict == "available").mean()
+    assert got["labelled"] == len(cons) and got["undecided"] == (cons.status == "undecided").sum()
+    assert got["krippendorff_alpha"] == {"b000": 0.61, "b001": None}
+    assert got["rfnet_ap"] == 0.8758 and got["releases"] == ["v0.1", "v0.2"]
+
+    assert main(["--params", str(params), "summary"]) == 0
+    text = capsys.readouterr().out
+    assert "AP 87.6%" in text and "b000: 0.61, b001: undefined" in text and "make dashboard" in text
+
+
+def test_summary_of_a_fresh_clone_says_not_yet(tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"data": str(tmp_path / "none"), "release": {"out": str(tmp_path / "r")}}))
+    assert main(["--params", str(params), "summary"]) == 0
+    text = capsys.readouterr().out
+    assert "0 in 0 batch(es)" in text and "not yet evaluated" in text and "none yet" in text
