@@ -56,6 +56,23 @@ def _models_tiny(cfg, a):
     return {"model": str(path), "revision": folder_hash(path)}
 
 
+def _generate(cfg, a):
+    if a.grid:  # a look, as a person would: one row per prompt preset, from the model the stage would load
+        from pipelines.sheet import contact_sheet
+
+        path = contact_sheet(cfg.base_model, a.grid, size=cfg.layout.size, steps=cfg.steps, guidance=cfg.guidance,
+                             seed=cfg.seed, device=cfg.device)
+        return {"contact_sheet": str(path)}
+    from pipelines import generate
+
+    return generate.run(cfg)
+
+
+def _generate_flags(p):
+    p.add_argument("--grid", metavar="PNG", help="write a contact sheet (a row of samples per prompt preset) "
+                   "from the configured model instead of generating the batch")
+
+
 def _annotate_push(cfg, a):
     from annotation import push
 
@@ -107,10 +124,17 @@ STAGES = (
           "build the tiny offline SD + ControlNet inpainting pipeline",
           "Build a tiny StableDiffusionControlNetInpaintPipeline from configs (random weights, fixed seed) "
           "and save it in diffusers format."),
-    Stage(("generate",), "generate", "pipelines.generate:GenerateConfig", "pipelines.generate:run",
-          "generate candidate ads into WebDataset shards",
+    Stage(("models", "generator"), "generator", "pipelines.train_generator:GeneratorConfig",
+          "pipelines.train_generator:run",
+          "train the offline scene generator (VAE + text-conditioned inpainting UNet) on rendered scenes",
+          "Render the procedural scene corpus (pipelines/scenes.py), train the VAE and the 9-channel inpainting "
+          "UNet with the project's tiny CLIP text encoder, add a zero-initialised ControlNet (an exact no-op), "
+          "and save a diffusers folder that `generate` loads as base_model. Deterministic for its seed; an "
+          "existing folder built from the same config is reused."),
+    Stage(("generate",), "generate", "pipelines.generate:GenerateConfig", _generate,
+          "generate candidate ads into WebDataset shards (--grid: a contact sheet instead)",
           "Products x prompts x seeds -> shards under <out>/<batch_id>. Resumable: finished shards are "
-          "skipped, stale ones rebuilt."),
+          "skipped, stale ones rebuilt.", extra=_generate_flags),
     Stage(("annotate", "push"), "annotate_push", "annotation.push:PushConfig", _annotate_push,
           "create the batch's project and import its tasks (idempotent by key); --predictions attaches "
           "RFNet's pre-labels"),

@@ -24,6 +24,7 @@ from pipelines.aux_maps import AuxConfig
 from pipelines.conditions import LayoutConfig
 from pipelines.engines import make_engine
 from pipelines.products import read_products
+from pipelines.scenes import NEGATIVE, PROMPTS
 from rf1m import schema, shards
 from rf1m.atomic import write_atomic, write_json
 from rf1m.quarantine import Record, to_jsonl
@@ -35,15 +36,12 @@ SAFE_ID = re.compile(r"^[A-Za-z0-9_]+$")
 class Prompt:
     id: str
     prompt: str
-    negative: str = "low quality, blurry, distorted, deformed, watermark, text"
+    negative: str = NEGATIVE
 
 
-DEFAULT_PROMPTS = (
-    Prompt("kitchen", "a product photo on a marble table in a bright kitchen, soft daylight, professional advertising photography"),
-    Prompt("living", "a product standing on a wooden shelf in a cozy living room, warm light, bokeh, high quality"),
-    Prompt("beach", "a product on a beach at sunset, sand and waves, golden hour, commercial photo"),
-    Prompt("studio", "a product on a clean studio podium, pastel background, minimal, soft shadows, product shot"),
-)
+# The prompt presets are the scene renderer's (pipelines.scenes.PROMPTS: the trained generator learned
+# exactly these texts). The demo asks for the first four, which keeps its batch at 200 samples.
+DEFAULT_PROMPTS = tuple(Prompt(i, t) for i, t in list(PROMPTS.items())[:4])
 
 
 AFFECTS_OUTPUT = "affects_output"

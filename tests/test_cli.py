@@ -99,3 +99,21 @@ def test_one_batch_id_and_one_data_root_reach_every_stage(tmp_path):
                 assert values[name].startswith(str(tmp_path / "d7")), (stage.words, name)
     assert seen == {"generate", "annotate_push", "panel", "annotate_pull", "consensus", "prelabel"}
     assert params.load("release", cli._resolve("pipelines.release:ReleaseConfig"), moved).batches == ("b7",)
+
+
+def test_generate_grid_writes_one_row_per_prompt_preset(tmp_path, tiny_model, capsys):
+    """`rf1m generate --grid` is the look a person takes at a generator: 8 rows (one per preset),
+    6 columns, each row from its own prompt, and no shards written."""
+    import numpy as np
+    from PIL import Image
+
+    from pipelines.scenes import PROMPTS
+
+    out = tmp_path / "sheet.png"
+    assert main(["generate", "--grid", str(out), "--base-model", str(tiny_model), "--steps", "2",
+                 "--layout.size", "64", "--out", str(tmp_path / "shards")]) == 0
+    sheet = np.asarray(Image.open(out))
+    assert sheet.shape[0] == 64 * len(PROMPTS) and sheet.shape[1] == 72 + 6 * 64
+    rows = [sheet[64 * i:64 * (i + 1), 72:] for i in range(len(PROMPTS))]
+    assert all(r.std() > 5 for r in rows)  # images, not blank strips
+    assert not (tmp_path / "shards").exists()
