@@ -5,11 +5,17 @@ Methods (params.yaml `generate.aux`):
             frequency_tuned     Achanta et al. 2009, distance to the mean Lab colour (offline)
             u2net:<file.onnx>   a U2-Net saliency model in ONNX through onnxruntime (e.g. the u2net.onnx
                                 that rembg distributes; download it yourself, nothing is fetched here)
-  depth     layout_prior        NOT a measurement: a ground-plane prior (far at the top, near at the
+  depth     depthnet:<folder>   the tiny monocular depth network (pipelines/depthnet.py) trained on the
+                                renderer's true depth by `pipelines.train_depth` (offline default):
+                                it reads the generated image, so a horizon or a product that moved
+                                moves the map; fixed scale, 255 = the nearest floor a scene shows
+            layout_prior        NOT a measurement: a ground-plane prior (far at the top, near at the
                                 bottom) with the product standing on the plane at its base row.
-                                It is honest about what it knows: where the product is.
+                                It knows only where the product is (the generated pixels are unused).
             dpt:<id or path>    a DPT depth model through transformers (e.g. dpt:Intel/dpt-hybrid-midas,
-                                which needs the hub; a local folder works offline)
+                                which needs the hub; a local folder works offline): the GPU option
+Both maps are computed from the generated image (the paper's RFNet inputs), never from the product
+or its mask; only layout_prior is the exception its name declares.
 Every map is uint8 HxW with 255 = near / most salient. The method string is recorded in the recipe.
 """
 
@@ -69,9 +75,13 @@ class AuxMaps:
         if cfg.saliency not in ("spectral_residual", "frequency_tuned") and not cfg.saliency.startswith("u2net:"):
             raise ValueError(f"unknown saliency method {cfg.saliency!r} "
                              "(spectral_residual, frequency_tuned, u2net:<file.onnx>)")
-        if cfg.depth != "layout_prior" and not cfg.depth.startswith("dpt:"):
-            raise ValueError(f"unknown depth method {cfg.depth!r} (layout_prior, dpt:<model>)")
-        self.cfg, self.device, self._dpt, self._u2net = cfg, device, None, None
+        if cfg.depth != "layout_prior" and not cfg.depth.startswith(("dpt:", "depthnet:")):
+            raise ValueError(f"unknown depth method {cfg.depth!r} (depthnet:<folder>, layout_prior, dpt:<model>)")
+        self.cfg, self.device, self._dpt, self._u2net, self._net = cfg, device, None, None, None
+        if cfg.depth.startswith("depthnet:"):
+            from pipelines.depthnet import TinyDepth
+
+            self._net = TinyDepth.from_pretrained(cfg.depth.removeprefix("depthnet:")).to(device)
         if cfg.saliency.startswith("u2net:"):
             import onnxruntime
 
@@ -114,7 +124,11 @@ class AuxMaps:
         else:
             sal_fn = spectral_residual if self.cfg.saliency == "spectral_residual" else frequency_tuned
             saliency = [sal_fn(im) for im in images]
-        if self._dpt is not None:
+        if self._net is not None:
+            from pipelines.depthnet import predict
+
+            depth = predict(self._net, images, self.device)
+        elif self._dpt is not None:
             depth = self._dpt_depth(images)
         else:
             depth = [layout_prior(im, p[..., 3]) for im, p in zip(images, products)]

@@ -131,6 +131,11 @@ STAGES = (
           "UNet with the project's tiny CLIP text encoder, add a zero-initialised ControlNet (an exact no-op), "
           "and save a diffusers folder that `generate` loads as base_model. Deterministic for its seed; an "
           "existing folder built from the same config is reused."),
+    Stage(("models", "depth"), "depth_net", "pipelines.train_depth:DepthTrainConfig", "pipelines.train_depth:run",
+          "train the offline depth network on the renderer's true depth",
+          "Render scenes with products placed as generate places them, train a tiny U-Net to predict their "
+          "true depth, and save config.json + model.safetensors; `generate.aux.depth: depthnet:<folder>` "
+          "loads it. Deterministic for its seed; an existing folder built from the same config is reused."),
     Stage(("generate",), "generate", "pipelines.generate:GenerateConfig", _generate,
           "generate candidate ads into WebDataset shards (--grid: a contact sheet instead)",
           "Products x prompts x seeds -> shards under <out>/<batch_id>. Resumable: finished shards are "

@@ -82,6 +82,18 @@ def recipe_of(values: dict) -> dict:
     return {n: values[n] for n in schema.RECIPE_NAMES}
 
 
+def fit_original(product: np.ndarray, side: int) -> np.ndarray:
+    """The product image as given (HxWx4), scaled so its longest side is `side` and centred on a
+    transparent square: every member has the canvas' size, but this one keeps the photo's own framing
+    (a truncated product stays visibly cut) and carries nothing of the layout."""
+    h, w = product.shape[:2]
+    nw, nh = max(1, round(w * side / max(h, w))), max(1, round(h * side / max(h, w)))
+    out = np.zeros((side, side, 4), np.uint8)
+    x0, y0 = (side - nw) // 2, (side - nh) // 2
+    out[y0: y0 + nh, x0: x0 + nw] = np.asarray(Image.fromarray(product, "RGBA").resize((nw, nh), Image.LANCZOS))
+    return out
+
+
 def members_of(arrays: dict[str, np.ndarray]) -> dict[str, bytes]:
     """Every member the schema declares, encoded in its declared mode and format."""
     out = {}
@@ -135,8 +147,9 @@ def run_job(job: dict, progress=None) -> dict:
                     "scale": c.layout.scale, "offset_x": c.layout.offset_x, "offset_y": c.layout.offset_y,
                     "created_at": now,
                 })
-                members = members_of({"image": img, "product": c.product, "mask": c.mask, "canny": c.canny,
-                                      "depth": d, "saliency": sal})
+                original = fit_original(product_px[s["product_id"]], cfg.layout.size)
+                members = members_of({"image": img, "product": c.product, "product_original": original,
+                                      "mask": c.mask, "canny": c.canny, "depth": d, "saliency": sal})
                 writer.write(s["key"], members, recipe)
         if progress:
             progress(len(specs[i: i + cfg.batch_size]))

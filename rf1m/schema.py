@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,9 @@ class Member:
 MEMBERS = (
     Member("image", "png", "RGB", "the generated advert, original product pixels pasted back"),
     Member("product", "png", "RGBA", "the product placed on the canvas, alpha = product"),
+    # RFNet's product input, as in the paper: the product's own photo, not its placement, so that
+    # size and position reach RFNet only through the generated image.
+    Member("product_original", "png", "RGBA", "the product image as given, fit in the canvas and centred"),
     Member("mask", "png", "L", "inpainting mask: 255 where the background is generated"),
     Member("canny", "png", "L", "Canny edges of the placed product (ControlNet condition)"),
     Member("depth", "png", "L", "depth map, 255 = near"),

@@ -22,6 +22,11 @@ from rf1m import schema
 from rfnet.backbones import IMAGENET_MEAN, IMAGENET_STD
 from rfnet.model import CLASSES, IMAGES
 
+# The sample member each RFNet image input is read from. The paper's product input is the product's
+# own image; the placed product (`product.png`, what annotators see beside the advert) would hand
+# RFNet the layout's size and position directly instead of through the generated image.
+MEMBER_OF = {m: "product_original" if m == "product" else m for m in IMAGES}
+
 _MEAN = torch.tensor(IMAGENET_MEAN)[:, None, None]
 _STD = torch.tensor(IMAGENET_STD)[:, None, None]
 
@@ -49,6 +54,7 @@ def target(verdict: str, reasons: list[str]) -> torch.Tensor:
 
 
 def sample(members: dict, caption: str, size: int, flip: bool = False) -> dict:
+    """`members`: RFNet input name -> image, read from the sample's `MEMBER_OF` member."""
     images = {m: to_tensor(members[m], size) for m in IMAGES}
     if flip:
         images = {m: x.flip(-1) for m, x in images.items()}
@@ -98,7 +104,7 @@ class ReleaseSplit(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         row = self.ds[self.rows[i]]
-        members = {m: row[f"{m}.png"] for m in IMAGES}
+        members = {m: row[f"{MEMBER_OF[m]}.png"] for m in IMAGES}
         flip = self.augment and bool(torch.rand(()) < 0.5)
         item = sample(members, row["recipe.json"]["title"], self.size, flip)
         item.update(key=row["recipe.json"]["key"], target=self.targets[i])
@@ -110,7 +116,7 @@ def shard_samples(urls: list[str], size: int):
     import webdataset as wds
 
     def to_item(s):
-        item = sample({m: s[f"{m}.png"] for m in IMAGES}, s["recipe.json"]["title"], size)
+        item = sample({m: s[f"{MEMBER_OF[m]}.png"] for m in IMAGES}, s["recipe.json"]["title"], size)
         item["key"] = s["__key__"]
         return item
 

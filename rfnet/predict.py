@@ -19,7 +19,7 @@ from PIL import Image
 
 from rf1m import shards, tables
 from rfnet import checkpoint
-from rfnet.data import collate, sample, shard_samples
+from rfnet.data import MEMBER_OF, collate, sample, shard_samples
 from rfnet.evaluate import decisions, predict
 from rfnet.model import CLASSES, IMAGES
 
@@ -86,7 +86,7 @@ class CheckpointPredictor:
             row = self._row(d.get("key", ""), d.get("batch_id", "")) if d.get("key") else None
             if row is None:
                 continue
-            members = {m: Image.open(io.BytesIO(shards.member_bytes(row["_dir"], row, m))) for m in IMAGES}
+            members = {m: Image.open(io.BytesIO(shards.member_bytes(row["_dir"], row, MEMBER_OF[m]))) for m in IMAGES}
             items.append({**sample(members, row["title"], self.size), "key": row["key"]})
             where.append(i)
         out: list[dict | None] = [None] * len(tasks)

@@ -68,3 +68,14 @@ def test_unknown_methods_are_refused():
         AuxMaps(AuxConfig(saliency="magic"))
     with pytest.raises(ValueError, match="depth"):
         AuxMaps(AuxConfig(depth="lidar"))
+
+
+@pytest.mark.parametrize("method", ["spectral_residual", "frequency_tuned"])
+def test_saliency_is_read_from_the_generated_image_not_the_product_mask(method):
+    """Paper: saliency is a map of the generated advert. The odd object here is in the background, away
+    from the product's alpha, so a map made from the product or its mask would peak in the wrong place."""
+    img, _ = scene()
+    product = np.zeros((64, 64, 4), np.uint8)
+    product[44:60, 4:20] = (128, 128, 128, 255)  # a grey product, the colour of the canvas
+    _, (sal,) = AuxMaps(AuxConfig(saliency=method))([img], [product])
+    assert sal[24:40, 24:40].mean() > 2 * sal[44:60, 4:20].mean()

@@ -166,6 +166,7 @@ def test_worker_writes_exactly_the_schema_members_and_recipe():
     from pipelines import worker
 
     arrays = {"image": np.zeros((4, 4, 3), np.uint8), "product": np.zeros((4, 4, 4), np.uint8),
+              "product_original": np.zeros((4, 4, 4), np.uint8),
               **{m: np.zeros((4, 4), np.uint8) for m in ("mask", "canny", "depth", "saliency")}}
     assert list(worker.members_of(arrays)) == [m.wds_name for m in schema.MEMBERS]
     full = {n: 0 for n in schema.RECIPE_NAMES}

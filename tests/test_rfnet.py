@@ -283,3 +283,35 @@ def test_evaluate_reports_the_threshold_chosen_on_validation(rel, tmp_path):
     tp = float((y & shown).sum())
     assert out["precision"] == pytest.approx(tp / shown.sum() if shown.sum() else 0.0)
     assert out["recall"] == pytest.approx(tp / y.sum() if y.sum() else 0.0)
+
+
+def test_rfnet_reads_the_product_image_as_given_not_its_placement(rel):
+    """Paper: RFNet's product input is the product's own image. The placed product would give RFNet the
+    layout's scale and position for free, so size/space mismatch could be read off without the advert."""
+    import webdataset as wds
+
+    from rfnet.data import ReleaseSplit, shard_samples, to_tensor
+
+    root, cfg = rel
+    ds = ReleaseSplit("v0.1", "train+validation+test", str(root / "releases"), 32, cache_dir=str(root / "hf"))
+    by_product = {}
+    for i in range(len(ds)):
+        row = ds.ds[ds.rows[i]]
+        x = ds[i]["images"]["product"]
+        assert not torch.equal(x, to_tensor(row["product.png"], 32)), "RFNet was given the placed product"
+        original = row["product_original.png"]
+        assert torch.equal(x, to_tensor(original, 32))
+        by_product.setdefault(row["recipe.json"]["product_id"], []).append(np.asarray(original))
+    # One image per product, whatever each sample's layout: the layout is not in it.
+    assert min(map(len, by_product.values())) > 1
+    assert all(all(np.array_equal(a[0], b) for b in a) for a in by_product.values())
+    urls = [str(p) for p in sorted((Path(cfg.out) / cfg.batch_id).glob("*.tar"))]
+    raw = next(iter(wds.WebDataset(urls, shardshuffle=False).decode("pilrgba")))
+    item = next(iter(shard_samples(urls, 32)))
+    assert torch.equal(item["images"]["product"], to_tensor(raw["product_original.png"], 32))
+    # fit_original keeps the photo's own framing: a 20x10 image fills the width, centred, rest transparent.
+    from pipelines.worker import fit_original
+
+    px = np.full((10, 20, 4), 200, np.uint8)
+    fit = fit_original(px, 40)
+    assert (fit[10:30, :, 3] == 200).all() and (fit[:10, :, 3] == 0).all() and (fit[30:, :, 3] == 0).all()
