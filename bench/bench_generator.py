@@ -6,7 +6,8 @@ background (the inpainting mask) is reduced to its mean R, G, B; eta^2 is the sh
 variance which lies between prompts (between-group / total sum of squares), per channel. The
 renderer's own scenes with the same products are the reference a perfect generator would reach.
 Also reported: the within-prompt SD of the background mean (variety by seed and product), and a
-high-frequency ratio (mean |Laplacian| / std of grey on the eroded background: static scores high).
+high-frequency ratio (mean |Laplacian| / std of grey on the eroded background: static scores high), and
+the background's saturation (mean max - min of R, G, B, 0-255; a VAE that washes colour out scores low).
 
     .venv/bin/python bench/bench_generator.py [--model models/scene-generator] [--columns 8] [--steps 8]
 Writes bench/results/generator.json and the two contact sheets next to it.
@@ -39,11 +40,12 @@ def eta_squared(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
 
 
 def score(rows: dict) -> dict:
-    means, groups, hf = [], [], []
+    means, groups, hf, sat = [], [], [], []
     for gi, pairs in enumerate(rows.values()):
         for img, mask in pairs:
             bg = mask > 0
             means.append(img[bg].astype(float).mean(0) / 255)
+            sat.append(float(np.ptp(img[bg].astype(float), axis=1).mean()))
             groups.append(gi)
             grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(float)
             inner = cv2.erode(mask, np.ones((5, 5), np.uint8)) > 0
@@ -53,7 +55,8 @@ def score(rows: dict) -> dict:
     within = [float(means[groups == g].std(0).mean()) for g in np.unique(groups)]
     return {"eta2_rgb": [round(float(v), 3) for v in eta_squared(means, groups)],
             "within_prompt_sd": [round(min(within), 3), round(max(within), 3)],
-            "hf_ratio": round(float(np.mean(hf)), 3), "images": len(means)}
+            "hf_ratio": round(float(np.mean(hf)), 3), "bg_saturation": round(float(np.mean(sat)), 1),
+            "images": len(means)}
 
 
 def rendered(grid: dict, size: int) -> dict:
