@@ -268,7 +268,7 @@ def test_label_studio_stores_the_backends_predictions_only_when_loopback_is_allo
         tasks = list_tasks(client, pid, "all")
         assert sorted(predictor.asked) == sorted(t.data["key"] for t in tasks)  # Label Studio called the backend
         for t in tasks:
-            (p,) = t.predictions  # pushed without pre-labels: this one is the backend's
+            (p,) = t.model_dump()["predictions"]  # pushed without pre-labels: this one is the backend's
             got = {r["from_name"]: r["value"]["choices"] for r in p["result"]}
             verdict, reasons = want[t.data["key"]]
             assert p["model_version"] == "rfnet-test" and got["verdict"] == [verdict]
@@ -283,7 +283,7 @@ def test_label_studio_stores_the_backends_predictions_only_when_loopback_is_allo
     got = push.run(other, client)
     assert got["with_predictions"] == 6
     task = next(t for t in list_tasks(client, got["project_id"], "all") if not t.data["gold"])
-    assert task.predictions[0]["model_version"] == "rfnet-test"
+    assert task.model_dump()["predictions"][0]["model_version"] == "rfnet-test"
 
 
 REPO = Path(__file__).resolve().parents[1]
