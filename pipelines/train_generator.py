@@ -116,6 +116,18 @@ def _edges(x):
     return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
 
 
+def _step(opt, params, loss, lr: float) -> None:
+    """One optimiser step at `lr`, gradients clipped to norm 1 (every training loop here)."""
+    import torch
+
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
 def _log(curve: list, window: list, step: int, loss: float, bar) -> None:
     """Append [last step, mean loss] every 10 steps (fewer in short runs): a curve that neither lags nor jitters."""
     window.append(loss)
@@ -145,12 +157,7 @@ def train_vae(cfg: GeneratorConfig, images: np.ndarray, g) -> tuple[object, list
         loss = F.l1_loss(rec, x) + 1e-6 * post.kl().mean()
         for a, b in zip(_edges(rec), _edges(x)):
             loss = loss + cfg.vae_edge * F.l1_loss(a, b)
-        for group in opt.param_groups:
-            group["lr"] = _schedule(step, cfg.vae_steps, cfg.vae_lr, cfg.warmup)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
+        _step(opt, vae.parameters(), loss, _schedule(step, cfg.vae_steps, cfg.vae_lr, cfg.warmup))
         _log(curve, window, step, loss.item(), bar)
     return vae.eval().requires_grad_(False), curve
 
@@ -195,12 +202,7 @@ def finetune_decoder(cfg: GeneratorConfig, vae, images: np.ndarray, lat: dict, g
         loss = F.l1_loss(rec, x) + cfg.decoder_colour * _colour_terms(rec, x)
         for a, b in zip(_edges(rec), _edges(x)):
             loss = loss + cfg.vae_edge * F.l1_loss(a, b)
-        for group in opt.param_groups:
-            group["lr"] = _schedule(step, cfg.decoder_steps, cfg.decoder_lr, min(cfg.warmup, cfg.decoder_steps // 10))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        _step(opt, params, loss, _schedule(step, cfg.decoder_steps, cfg.decoder_lr, min(cfg.warmup, cfg.decoder_steps // 10)))
         _log(curve, window, step, loss.item(), bar)
     vae.requires_grad_(False)
     return curve
@@ -270,12 +272,7 @@ def train_unet(cfg: GeneratorConfig, lat: dict, prompt_idx: np.ndarray, emb, neg
         inp = torch.cat([sched.add_noise(x0, noise, t), lat["mask"][idx], masked], dim=1)
         pred = unet(inp, t, encoder_hidden_states=cond).sample
         loss = (weight[t] * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
-        for group in opt.param_groups:
-            group["lr"] = _schedule(step, cfg.unet_steps, cfg.unet_lr, cfg.warmup)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
+        _step(opt, unet.parameters(), loss, _schedule(step, cfg.unet_steps, cfg.unet_lr, cfg.warmup))
         _log(curve, window, step, loss.item(), bar)
     return unet.eval().requires_grad_(False), curve
 
