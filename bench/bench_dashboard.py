@@ -63,7 +63,7 @@ def _members(prompt: str, seed: int, rgba: np.ndarray) -> dict[str, bytes]:
     scene = render(prompt, seed, SIDE, rgba)
     alpha = rgba[..., 3]
     near = 255 * (scene.depth.max() - scene.depth) / max(1e-6, float(np.ptp(scene.depth)))
-    return {"image.png": _png(scene.image), "product.png": _png(rgba),
+    return {"image.png": _png(scene.image), "product.png": _png(rgba), "product_original.png": _png(rgba),
             "mask.png": _png(cv2.dilate(255 - alpha, np.ones((5, 5), np.uint8))),
             "canny.png": _png(cv2.Canny(rgba[..., :3], 100, 200) * (alpha > 0)),
             "depth.png": _png(near.astype(np.uint8)), "saliency.png": _png(cv2.GaussianBlur(alpha, (9, 9), 3))}

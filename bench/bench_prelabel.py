@@ -32,8 +32,6 @@ from rfnet import checkpoint, predict  # noqa: E402
 from rfnet.data import collate, shard_samples  # noqa: E402
 from rfnet.model import RFNet, RFNetConfig  # noqa: E402
 
-MODES = {"image.png": "RGB", "product.png": "RGBA"}  # the other members are single-channel maps
-
 
 def smooth_png(rng, size: int, mode: str) -> bytes:
     """Low-frequency noise upscaled: compresses and decodes like a photo, unlike white noise."""
@@ -52,7 +50,7 @@ def fake_batch(root: Path, batch: str, n: int, size: int) -> None:
         for i in range(start, min(n, start + 50)):
             key = f"{batch}-p{i:05d}-studio-s{i}"
             recipe = fakes.recipe(i, key=key, title=f"ceramic mug {i} with a blue glaze")
-            w.write(key, {m.wds_name: smooth_png(rng, size, MODES.get(m.wds_name, "L")) for m in schema.MEMBERS},
+            w.write(key, {m.wds_name: smooth_png(rng, size, m.mode) for m in schema.MEMBERS},
                     recipe)
         w.close()
 

@@ -38,7 +38,8 @@ def test_summary_reports_the_files_numbers(tmp_path, capsys):
 
 def test_summary_of_a_fresh_clone_says_not_yet(tmp_path, capsys):
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"data": str(tmp_path / "none"), "release": {"out": str(tmp_path / "r")}}))
+    params.write_text(yaml.safe_dump({"data": str(tmp_path / "none"), "release": {"out": str(tmp_path / "r")},
+                                      "evaluate": {"out": str(tmp_path / "m")}}))  # not the repo's own metrics/
     assert main(["--params", str(params), "summary"]) == 0
     text = capsys.readouterr().out
     assert "0 in 0 batch(es)" in text and "not yet evaluated" in text and "none yet" in text
