@@ -177,9 +177,7 @@ def compile_release(cfg: ReleaseConfig) -> dict:
         part = sorted((r for r in rows if assignment[r["product_id"]] == split), key=lambda r: r["key"])
         writer = shards.ShardWriter(tmp / "data", split, maxcount=cfg.maxcount, part_digits=5)
         for r in part:
-            batch_dir = Path(r["_batch_dir"])
-            members = {m.wds_name: shards.read_member(batch_dir / r["shard"], r[f"{m.name}_offset"],
-                                                      r[f"{m.name}_size"]) for m in schema.MEMBERS}
+            members = {m.wds_name: shards.member_bytes(r["_batch_dir"], r, m.name) for m in schema.MEMBERS}
             members["label.cls"] = str(schema.VERDICTS.index(r["verdict"])).encode()
             members["labels.json"] = json.dumps({k: r[k] for k in ("reasons", "confidence", "n_annotators",
                                                                    "annotators", "source")}).encode()
