@@ -23,17 +23,25 @@ DEFAULT_BATCH = "demo"
 
 # What each section takes from the top-level batch id and data root (configs name roots; the
 # stage adds the batch folder itself).
-DERIVED: dict[str, typing.Callable[[Layout, str], dict]] = {
-    "products": lambda at, b: {"out": at.products},
-    "generate": lambda at, b: {"batch_id": b, "products": at.products, "out": at.shards_root},
-    "labelstudio": lambda at, b: {"files_root": at.base},
-    "annotate_push": lambda at, b: {"batch_id": b, "shards": at.shards_root, "labels": at.labels_root,
+def _release_of(p: dict) -> dict:
+    """RFNet trains and is evaluated on the release the release stage compiles: named once, there."""
+    rel = p.get("release") or {}
+    return {k: rel[src] for k, src in (("release", "version"), ("releases", "out")) if src in rel}
+
+
+DERIVED: dict[str, typing.Callable[[Layout, str, dict], dict]] = {
+    "products": lambda at, b, p: {"out": at.products},
+    "generate": lambda at, b, p: {"batch_id": b, "products": at.products, "out": at.shards_root},
+    "labelstudio": lambda at, b, p: {"files_root": at.base},
+    "annotate_push": lambda at, b, p: {"batch_id": b, "shards": at.shards_root, "labels": at.labels_root,
                                     "media": at.media_root, "files_root": at.base},
-    "panel": lambda at, b: {"batch_id": b, "shards": at.shards_root},
-    "annotate_pull": lambda at, b: {"batch_id": b, "labels": at.labels_root},
-    "consensus": lambda at, b: {"batch_id": b, "labels": at.labels_root},
-    "release": lambda at, b: {"batches": [b], "shards": at.shards_root, "labels": at.labels_root},
-    "prelabel": lambda at, b: {"batch_id": b, "shards": at.shards_root, "out": at.predictions_root},
+    "panel": lambda at, b, p: {"batch_id": b, "shards": at.shards_root},
+    "annotate_pull": lambda at, b, p: {"batch_id": b, "labels": at.labels_root},
+    "consensus": lambda at, b, p: {"batch_id": b, "labels": at.labels_root},
+    "release": lambda at, b, p: {"batches": [b], "shards": at.shards_root, "labels": at.labels_root},
+    "prelabel": lambda at, b, p: {"batch_id": b, "shards": at.shards_root, "out": at.predictions_root},
+    "rfnet": lambda at, b, p: _release_of(p),
+    "evaluate": lambda at, b, p: _release_of(p),
 }
 
 
@@ -94,7 +102,7 @@ def derived(section: str, data: dict) -> dict:
     batch = data.get("batch_id", DEFAULT_BATCH)
     if not isinstance(batch, str):
         raise ValueError(f"params batch_id must be a string, not {batch!r}")
-    values = DERIVED[section](Layout(data.get("data", DATA_ROOT)), batch)
+    values = DERIVED[section](Layout(data.get("data", DATA_ROOT)), batch, data)
     return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
 
 

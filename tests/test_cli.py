@@ -99,6 +99,11 @@ def test_one_batch_id_and_one_data_root_reach_every_stage(tmp_path):
                 assert values[name].startswith(str(tmp_path / "d7")), (stage.words, name)
     assert seen == {"generate", "annotate_push", "panel", "annotate_pull", "consensus", "prelabel"}
     assert params.load("release", cli._resolve("pipelines.release:ReleaseConfig"), moved).batches == ("b7",)
+    # RFNet trains and is evaluated on the release the release stage compiles, named once
+    moved.write_text(yaml.safe_dump({**repo, "release": {**repo["release"], "version": "v9", "out": "rel9"}}))
+    for section, cls in (("rfnet", "rfnet.train:TrainConfig"), ("evaluate", "rfnet.evaluate:EvalConfig")):
+        cfg = params.load(section, cli._resolve(cls), moved)
+        assert (cfg.release, cfg.releases) == ("v9", "rel9"), section
 
 
 def test_generate_grid_writes_one_row_per_prompt_preset(tmp_path, tiny_model, capsys):
