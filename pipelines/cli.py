@@ -82,16 +82,17 @@ def _annotate_push(cfg, a):
 def _annotate_gold(cfg, a):
     from annotation import panel
 
-    return panel.write_gold(cfg, str(Layout(params.data_root(a.params)).labels_root))
+    return panel.write_gold(cfg, params.data_root(a.params))
 
 
 def _annotate_simulate(cfg, a):
     from annotation import panel, push
 
     client = _client(a)
-    result = panel.run(cfg, push.require_project(client, cfg.batch_id)["id"], client)
-    del result["posted"]  # every annotation is in Label Studio; pull reads them from there
-    return result
+    parts = [panel.run(cfg, p["id"], client) for p in push.require_projects(client, cfg.batch_id)]
+    # every annotation is in Label Studio (pull reads them from there), so "posted" is left out
+    return {"projects": [r["project_id"] for r in parts], "tasks": sum(r["tasks"] for r in parts),
+            "annotations_posted": sum(r["annotations_posted"] for r in parts), "annotators": parts[0]["annotators"]}
 
 
 def _annotate_pull(cfg, a):
@@ -163,6 +164,16 @@ STAGES = (
     Stage(("prelabel",), "prelabel", "rfnet.predict:PrelabelConfig", "rfnet.predict:run",
           "RFNet predictions for a batch (attached by annotate push)",
           "Run RFNet over a batch's shards and write <out>/<batch>.parquet (key, model_version, p_<class>)."),
+    Stage(("cyclic",), "cyclic", "pipelines.cyclic:CyclicConfig", "pipelines.cyclic:run",
+          "generate a batch by resampling each product x prompt until RFNet accepts it (up to K tries)",
+          "Per product x prompt: generate, compute aux maps, let RFNet judge at its validated threshold; "
+          "resample with the next seed up to max_attempts. Every attempt goes to <data>/attempts/<batch>.parquet, "
+          "accepted samples to shards as a normal batch. Resumable."),
+    Stage(("rfft",), "rfft", "pipelines.rfft:RFFTConfig", "pipelines.rfft:run",
+          "fine-tune the ControlNet with RFNet's gradient (F_AC + beta * L_CC); keep the best by oracle",
+          "Only the ControlNet trains. Early stopping and the kept <out>/controlnet are chosen on held-out "
+          "oracle-labelled products; a re-run resumes from <out>/last. Use the result with "
+          "generate.controlnet_model: <out>/controlnet."),
 )
 
 
@@ -240,6 +251,20 @@ def _catalog_snapshot(a):
     return cat.summary()
 
 
+def _storage(a):
+    """Publish a local folder to object storage, or fetch one back (rf1m.storage: atomic per object,
+    completion markers last)."""
+    from tqdm import tqdm
+
+    from rf1m import storage
+
+    if a.action == "upload":
+        files = sum(1 for p in Path(a.src).rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
+        with tqdm(total=files, desc=f"upload {a.dst}", unit="file") as bar:
+            return {"uploaded": len(storage.upload_tree(a.src, a.dst, bar.update)), "to": a.dst}
+    return {"downloaded": len(storage.download_tree(a.src, a.dst)), "to": a.dst}
+
+
 def _summary(a):
     import os
 
@@ -262,8 +287,9 @@ def _ls_config(a):
 
     load_dotenv()
     over = {"url": os.environ["LABEL_STUDIO_URL"]} if os.environ.get("LABEL_STUDIO_URL") else {}
-    if getattr(a, "allow_remote_bind", False):
-        over["allow_remote_bind"] = True
+    for flag in ("allow_remote_bind", "allow_loopback_ml_backend"):
+        if getattr(a, flag, False):
+            over[flag] = True
     return params.load("labelstudio", ServerConfig, a.params, over)
 
 
@@ -295,9 +321,9 @@ def _annotate_ml_backend(a):
     url = f"http://{a.host}:{a.port}"
     if a.connect:
         client = _client(a)
-        project = push.require_project(client, a.connect)
-        ml_backend.connect(client, project["id"], url)
-        print(f"connected to project {project['id']} ({push.project_title(a.connect)})", file=sys.stderr)
+        for p in ml_backend.attach(client, [x["id"] for x in push.require_projects(client, a.connect)], url):
+            print(f"connected to project {p['project_id']} ({push.project_title(a.connect)}): Label Studio "
+                  f"retrieved predictions, {p['predictions']} for {p['tasks']} tasks", file=sys.stderr)
     print(f"ML backend ({predictor.model_version}) on {url}; Ctrl+C stops it", file=sys.stderr)
     try:
         server.serve_forever() if not a.connect else threading.Event().wait()
@@ -375,6 +401,16 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--json", action="store_true", help="print JSON instead of text")
     sm.set_defaults(fn=_summary)
 
+    so = sub.add_parser("storage", help="publish a folder to object storage (s3://...) or fetch one back",
+                        description="upload LOCAL_FOLDER URL: every file atomically (temporary key, server-side "
+                        "copy), stats/manifest files last, temporaries of a killed upload swept. download URL "
+                        "LOCAL_FOLDER: the reverse. Credentials from the environment only (AWS_ACCESS_KEY_ID, "
+                        "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for a non-AWS server).")
+    so.add_argument("action", choices=["upload", "download"])
+    so.add_argument("src")
+    so.add_argument("dst")
+    so.set_defaults(fn=_storage)
+
     ls = sub.add_parser("labelstudio", help="run the Label Studio server (own venv, loopback only)",
                         description="install: create its venv (.venv-ls); up: install if needed, start it on "
                         "127.0.0.1 and wait for /health; down: stop it; status: is it answering. Credentials "
@@ -383,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("action", choices=["install", "up", "down", "status"])
     ls.add_argument("--allow-remote-bind", action="store_true",
                     help="up: let a non-loopback url (e.g. 0.0.0.0) bind every interface; prefer a reverse proxy")
+    ls.add_argument("--allow-loopback-ml-backend", action="store_true",
+                    help="up: turn off Label Studio's SSRF protection and local-IP block so that an ML backend on "
+                    "127.0.0.1 can be called (single-user machines only; README)")
     ls.set_defaults(fn=_labelstudio)
 
     ml = subs["annotate"].add_parser("ml-backend", help="serve pre-labels to Label Studio (ML-backend protocol)",
@@ -394,7 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     ml.add_argument("--data", help="data root (default: params data)")
     ml.add_argument("--host", default="127.0.0.1")
     ml.add_argument("--port", type=int, default=9090)
-    ml.add_argument("--connect", metavar="BATCH_ID", help="also attach it to this batch's project")
+    ml.add_argument("--connect", metavar="BATCH_ID", help="also attach it to every project of this batch and have "
+                    "Label Studio retrieve its predictions for their tasks (needs up --allow-loopback-ml-backend "
+                    "for a backend on 127.0.0.1)")
     ml.set_defaults(fn=_annotate_ml_backend)
 
     for action, text in (("verify", "recompute every sha256 of VERSION's manifest"),

@@ -17,12 +17,13 @@ import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from pipelines import worker
 from pipelines.aux_maps import AuxConfig
-from pipelines.conditions import LayoutConfig
-from pipelines.engines import make_engine
+from pipelines.conditions import LayoutConfig, draw_layout
+from pipelines.engines import RayConfig, make_engine
 from pipelines.products import read_products
 from pipelines.scenes import NEGATIVE, PROMPTS
 from rf1m import schema, shards
@@ -79,7 +80,8 @@ class GenerateConfig:
     maxcount: int = output(50)  # samples per shard
     maxsize: int = output(1 << 30)  # bytes per tar part
     durable: bool = False  # fsync every tar before its rename (power-cut safe; kill-safe either way)
-    engine: str = "local"
+    engine: str = "local"  # or ray (settings in `ray`)
+    ray: RayConfig = field(default_factory=RayConfig)
     workers: int = 1
     threads: int = 1  # torch threads per worker
 
@@ -100,15 +102,28 @@ def sample_seed(base: int, product_id: str, prompt_id: str, k: int) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+def layout_seed(base: int, product_id: str) -> int:
+    """The seed of a product's layout: the batch seed and the product, not the prompt or diffusion seed.
+
+    So every prompt and every seed of a product places it identically, and whatever differs between
+    them (a floating product, a wrong scale against the scene) is the generator's doing, which a new
+    seed or a better model can fix; the layout itself is recorded in each recipe for `regenerate`."""
+    digest = hashlib.sha256(f"{base}/{product_id}/layout".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
 def plan(cfg: GenerateConfig, products: list[dict]) -> list[dict]:
-    """Every sample of the batch, in a fixed order: what it is, not yet how it looks."""
+    """Every sample of the batch, in a fixed order: what it is and where its product goes, not yet
+    how it looks. The layout is part of the spec, so the shard fingerprint covers it."""
     specs = []
     for p in products:
+        lay = draw_layout(cfg.layout, np.random.default_rng(layout_seed(cfg.seed, p["product_id"])))
         for prompt in cfg.prompts:
             for k in range(cfg.seeds):
                 seed = sample_seed(cfg.seed, p["product_id"], prompt.id, k)
                 specs.append({"key": f"{cfg.batch_id}-{p['product_id']}-{prompt.id}-s{seed}",
-                              "product_id": p["product_id"], "prompt_id": prompt.id, "seed": seed})
+                              "product_id": p["product_id"], "prompt_id": prompt.id, "seed": seed,
+                              "layout": asdict(lay)})
     return specs
 
 
@@ -170,7 +185,7 @@ def run(cfg: GenerateConfig) -> dict:
             f.unlink()
     done = len(specs) - sum(len(t["specs"]) for t in todo)
     with tqdm(total=len(specs), initial=done, desc=f"generate {cfg.batch_id}", unit="img") as bar:
-        for _ in make_engine(cfg.engine, cfg.workers).map(worker.run_job, todo, bar.update):
+        for _ in make_engine(cfg.engine, cfg.workers, cfg.ray).map(worker.run_job, todo, bar.update):
             pass
     quarantined, count = [], 0
     for stem in stems:

@@ -42,6 +42,11 @@ DERIVED: dict[str, typing.Callable[[Layout, str, dict], dict]] = {
     "prelabel": lambda at, b, p: {"batch_id": b, "shards": at.shards_root, "out": at.predictions_root},
     "rfnet": lambda at, b, p: _release_of(p),
     "evaluate": lambda at, b, p: _release_of(p),
+    # cyclic and rfft use the generator, sampler, layout and aux maps the generate section names
+    "cyclic": lambda at, b, p: {"data": at.base, "generate": {**(p.get("generate") or {}), "products": at.products,
+                                                               "out": at.shards_root}},
+    "rfft": lambda at, b, p: {"products": at.products, **{k: v for k, v in (p.get("generate") or {}).items() if k in (
+        "base_model", "device", "steps", "guidance", "controlnet_scale", "layout", "aux", "prompts")}},
 }
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines.aux_maps import AuxMaps
-from pipelines.conditions import Conditions, draw_layout, make_conditions, paste_back
+from pipelines.conditions import Conditions, Layout, make_conditions, paste_back
 from rf1m import schema, shards
 from rf1m.quarantine import Record, Rejected
 
@@ -125,9 +125,8 @@ def run_job(job: dict, progress=None) -> dict:
             prod = job["products"][s["product_id"]]
             if s["product_id"] not in product_px:
                 product_px[s["product_id"]] = np.asarray(Image.open(prod["path"]).convert("RGBA"))
-            rng = np.random.default_rng(s["seed"])
             try:
-                c = make_conditions(product_px[s["product_id"]], cfg.layout, draw_layout(cfg.layout, rng))
+                c = make_conditions(product_px[s["product_id"]], cfg.layout, Layout(**s["layout"]))
             except Rejected as r:
                 rejected.append(Record("generate", s["key"], r.reason, r.detail))
                 continue

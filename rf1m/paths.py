@@ -8,6 +8,7 @@ the data root (`releases/`, `models/`), not inside it: DVC tracks them separatel
     <root>/shards/<batch>/                   shard-*.tar + sidecar Parquet + stats.json
     <root>/media/<batch>/                    images Label Studio serves (local-files storage)
     <root>/labels/<batch>/gold.parquet       the answer key of the gold tasks
+    <root>/oracle/<batch>.parquet            the simulated panel's noise-free rules (evaluation only)
     <root>/labels/<batch>/labels.parquet     one row per judgement (pulled)
     <root>/labels/<batch>/consensus.parquet  one row per sample, agreement.json beside it
     <root>/predictions/<batch>.parquet       RFNet's predictions for a batch
@@ -68,6 +69,9 @@ class Layout:
 
     def gold(self, batch: str) -> Path:
         return self.labels_dir(batch) / "gold.parquet"
+
+    def oracle(self, batch: str) -> Path:
+        return self.base / "oracle" / f"{batch}.parquet"
 
     def labels(self, batch: str) -> Path:
         return self.labels_dir(batch) / "labels.parquet"

@@ -8,6 +8,7 @@ one schema, not a second copy of it. Writes are atomic (`rf1m.atomic`).
 
     products        <data>/products/products.parquet        products stage -> generate, regenerate
     gold            <data>/labels/<batch>/gold.parquet      answer key -> push (gold tasks), consensus
+    oracle          <data>/oracle/<batch>.parquet           the panel's noise-free rules and features (evaluation only)
     labels          <data>/labels/<batch>/labels.parquet    pull -> consensus, catalog
     consensus       <data>/labels/<batch>/consensus.parquet consensus -> release
     predictions     <data>/predictions/<batch>.parquet      prelabel -> push, ML backend
@@ -81,6 +82,21 @@ PRODUCTS = Table("products", (
 GOLD = Table("gold", (*_recipe("key"), *_label("verdict", "reasons", "source")),
              "the answer key of gold tasks: the verdict and reasons a sample must get")
 
+# The simulated panel's rules without noise, with what they measured (annotation.rules), for every
+# sample: for evaluating generators, RFNet and the panel only; it never reaches a release or training.
+ORACLE = Table("oracle", (
+    *_recipe("key", "product_id", "prompt_id", "seed"), *_label("verdict", "reasons"),
+    _col("base", pa.float64(), "the product's lowest row / side"),
+    _col("height", pa.float64(), "the product's pixel height / side"),
+    _col("ground", pa.float64(), "the ground line (horizon or table edge) detected in the image, row / side"),
+    _col("ground_step", pa.float64(), "CIELAB step of the background's row profile at the ground line"),
+    _col("implied_height_m", pa.float64(), "real height the perspective implies, m (null: no ground line above the base)"),
+    _col("norm_height_m", pa.float64(), "the category's typical height, m (null: unknown category)"),
+    _col("contrast", pa.float64(), "mean CIELAB distance of the ring around the product to its mean colour"),
+    _col("busy", pa.float64(), "lightness std of that ring"),
+    _col("halo", pa.float64(), "CIELAB distance of the thin halo / of the ring (< 1: the background grew the product)"),
+), "the panel's noise-free verdict per sample and the features it came from (for evaluation only)")
+
 LABELS = Table("labels", schema.LABEL_ROWS, "one row per judgement pulled from Label Studio")
 
 CONSENSUS = Table("consensus", (
@@ -135,7 +151,7 @@ QUARANTINE = Table("quarantine", (
     _col("at", pa.string(), "ISO-8601 UTC time"),
 ), "what a stage refused, and why, so that the rest of the batch could go on", format="jsonl")
 
-TABLES = (PRODUCTS, GOLD, LABELS, CONSENSUS, PREDICTIONS, ATTEMPTS, RELEASE_LABELS, QUARANTINE)
+TABLES = (PRODUCTS, GOLD, ORACLE, LABELS, CONSENSUS, PREDICTIONS, ATTEMPTS, RELEASE_LABELS, QUARANTINE)
 
 
 def _kind(t: pa.DataType):

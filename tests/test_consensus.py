@@ -99,12 +99,14 @@ def test_gold_accuracy():
 def test_panel_rules_cover_every_reason():
     from annotation.panel import Rules, judge
 
-    ok = {"scale": 0.74, "gap": 0.13, "edge": 0.1, "contrast": 80.0, "busy": 30.0, "halo": 1.0, "truncated": False}
-    assert judge(ok, Rules()) == ("available", [])
-    cases = {"unsuitable": {"truncated": True}, "space_mismatch": {"gap": 0.4}, "size_mismatch": {"scale": 0.5},
-             "indistinctiveness": {"contrast": 20.0}, "shape_hallucination": {"halo": 0.8}}
+    ok = {"base": 0.9, "height": 0.7, "ground": 0.6, "ground_step": 20.0, "contrast": 80.0, "busy": 30.0,
+          "halo": 1.0, "truncated": False, "title": "Vela red bottle", "category": "beauty"}
+    assert judge(ok, Rules(camera_m=0.08)) == ("available", [])
+    cases = {"unsuitable": {"truncated": True}, "space_mismatch": {"ground": 0.88},
+             "size_mismatch": {"title": "Vela red bag", "category": "fashion", "height": 0.2},
+             "indistinctiveness": {"contrast": 20.0}, "shape_hallucination": {"halo": 0.6}}
     for reason, change in cases.items():
-        assert judge({**ok, **change}, Rules()) == ("not_available", [reason])
+        assert judge({**ok, **change}, Rules(camera_m=0.08)) == ("not_available", [reason])
 
 
 def test_a_tie_is_undecided_not_a_coin_flip():

@@ -28,8 +28,8 @@ from tests.conftest import free_port
 def pushed(small_batch, label_studio):
     tmp, gen, _ = small_batch
     cfg, client = label_studio
-    pcfg = panel.PanelConfig(batch_id=gen.batch_id, shards=gen.out, annotators=3)
-    panel.write_gold(pcfg, labels=str(tmp / "labels"))
+    pcfg = panel.PanelConfig(batch_id=gen.batch_id, shards=gen.out, annotators=3, failures=str(tmp / "failures.json"))
+    panel.write_gold(pcfg, str(tmp))  # <tmp>/labels/<batch>/gold.parquet
     push_cfg = push.PushConfig(batch_id=gen.batch_id, shards=gen.out, labels=str(tmp / "labels"),
                                media=str(tmp / "media"), files_root=cfg.files_root, gold_rate=0.5,
                                overlap_fraction=0.5, chunk=4)
@@ -171,6 +171,107 @@ def test_pull_reflects_edits_and_deletions_and_reads_only_changed_tasks(pushed, 
     assert {r["annotation_id"] for r in pq.read_table(labels).to_pylist()} == set(after)
 
 
+def copy_batch(gen, tmp: Path, batch: str) -> None:
+    """The small batch again under another id (its samples keep their keys), with its gold answers."""
+    shutil.copytree(Path(gen.out) / gen.batch_id, Path(gen.out) / batch, dirs_exist_ok=True)
+    (tmp / "labels" / batch).mkdir(parents=True, exist_ok=True)
+    shutil.copy(tmp / "labels" / gen.batch_id / "gold.parquet", tmp / "labels" / batch / "gold.parquet")
+
+
+def labelled_batch(pushed, client, batch: str) -> tuple[int, pull.PullConfig, dict]:
+    """A copy of the small batch pushed and labelled by the panel: its project id, a pull config for it, and
+    the first pull (straight after that burst of changes), which reads every task."""
+    tmp, gen, push_cfg, pcfg, _ = pushed
+    copy_batch(gen, tmp, batch)
+    pid = push.run(replace(push_cfg, batch_id=batch), client)["project_id"]
+    posted = panel.run(replace(pcfg, batch_id=batch), pid, client)["annotations_posted"]
+    cfg = pull.PullConfig(batch_id=batch, labels=str(tmp / "labels"))
+    first = pull.run(cfg, client)
+    assert first["tasks_read"] == 9 and first["labels"] == posted
+    return pid, cfg, first
+
+
+def test_the_pull_after_a_burst_rereads_nothing(pushed, label_studio):
+    """The pull after the first, with nothing new, must not re-read the burst, though every task changed
+    within the 60 s overlap before the newest change."""
+    _, client = label_studio
+    _, cfg, first = labelled_batch(pushed, client, "t_burst")
+    again = pull.run(cfg, client)
+    assert (again["tasks_read"], again["new_or_changed"], again["removed"], again["labels"]) == (
+        0, 0, 0, first["labels"])
+
+
+def test_a_task_deleted_in_label_studio_takes_its_labels(pushed, label_studio):
+    """A labelled task is deleted in Label Studio while another is imported (so the task count stays as it
+    was): the next pull notices, and drops that task's labels and only those."""
+    tmp = pushed[0]
+    _, client = label_studio
+    pid, cfg, _ = labelled_batch(pushed, client, "t_deleted")
+    labels = tmp / "labels" / "t_deleted" / "labels.parquet"
+    rows = pq.read_table(labels).to_pylist()
+    doomed = rows[0]["task_id"]
+    api(client, "DELETE", f"/api/tasks/{doomed}")
+    extra = {"task_key": "extra", "key": rows[0]["key"], "batch_id": "t_deleted", "gold": False, "image": "",
+             "product": "", "title": "t", "prompt": "p"}
+    client.ls.projects.import_tasks(pid, request=[{"data": extra}])
+    got = pull.run(cfg, client)
+    after = pq.read_table(labels).to_pylist()
+    assert {r["annotation_id"] for r in after} == {r["annotation_id"] for r in rows if r["task_id"] != doomed}
+    assert got["removed"] == sum(r["task_id"] == doomed for r in rows) > 0
+
+
+class Killed(BaseException):
+    """The push process dies (not an error any handler would catch)."""
+
+
+class DiesMidway(Client):
+    """Fault injection on imports: the `lose`-th one lands but its answer is lost; the `die`-th never starts
+    (the process is killed)."""
+
+    def __init__(self, url, lose=0, die=0, **kw):
+        super().__init__(url, **kw)
+        self.lose, self.die, self.imports = lose, die, 0
+
+    def call(self, what, fn, *args, **kw):
+        if what == "projects.import_tasks":
+            self.imports += 1
+            if self.imports == self.die:
+                raise Killed
+            if self.imports == self.lose:
+                fn(*args, **{k: v for k, v in kw.items() if k != "retry"})
+                raise LabelStudioUnavailable("the answer was lost")
+        return super().call(what, fn, *args, **kw)
+
+
+def test_push_cuts_a_batch_into_projects_and_every_step_reads_them_all(pushed, label_studio):
+    """max_tasks_per_project=3: the 9 tasks go to projects of at most 3, each with its share of gold tasks. A
+    push whose import answer is lost, then killed, and run again leaves every task exactly once; simulate and
+    pull cover every project, and consensus sees every sample."""
+    tmp, gen, push_cfg, pcfg, _ = pushed
+    cfg, client = label_studio
+    copy_batch(gen, tmp, "t_parts")
+    parts = replace(push_cfg, batch_id="t_parts", max_tasks_per_project=3, chunk=2)
+    with pytest.raises(Killed):
+        push.run(parts, DiesMidway(cfg.url, lose=2, die=3, retries=0))
+    done = push.run(parts, client)
+    assert push.run(parts, client)["imported_now"] == 0
+    projects = push.find_projects(client, "t_parts")
+    assert [p["title"] for p in projects] == ["RF1M batch t_parts"] + [
+        f"RF1M batch t_parts (part {k})" for k in range(2, len(projects) + 1)]
+    assert [p["id"] for p in projects] == [p["id"] for p in done["projects"]]
+    counts = [count_tasks(client, p["id"]) for p in projects]
+    assert all(sum(c.values()) <= 3 for c in counts) and len(projects) == 3
+    assert sum(counts, Counter()) == Counter(t["data"]["task_key"] for t in push.build_tasks(parts)[0])
+    assert all(any(k.startswith("gold-") for k in c) for c in counts)  # gold spread over the projects
+    posted = sum(panel.run(replace(pcfg, batch_id="t_parts"), p["id"], client)["annotations_posted"] for p in projects)
+    got = pull.run(pull.PullConfig(batch_id="t_parts", labels=str(tmp / "labels")), client)
+    assert got["labels"] == posted and sorted(got["projects"]) == sorted(p["id"] for p in projects)
+    rows = pq.read_table(tmp / "labels" / "t_parts" / "labels.parquet").to_pylist()
+    assert {r["project_id"] for r in rows} == {p["id"] for p in projects}
+    summary = consensus.run(consensus.ConsensusConfig(batch_id="t_parts", labels=str(tmp / "labels")))
+    assert summary["samples"] == 6
+
+
 class StopsDuringPull(Client):
     """Fault injection: the server is really stopped right before the task listing."""
 
@@ -261,11 +362,11 @@ def test_label_studio_stores_the_backends_predictions_only_when_loopback_is_allo
         assert not client.ls.ml.list(project=pid)
         server.down(cfg)
         server.up(replace(cfg, allow_loopback_ml_backend=True))
-        backend = ml_backend.connect(client, pid, url)
-        assert backend["state"] == "CO" and ml_backend.connect(client, pid, url)["id"] == backend["id"]
         predictor.asked.clear()
-        ml_backend.retrieve_predictions(client, pid)
+        (attached,) = ml_backend.attach(client, [pid], url)  # what `ml-backend --connect` does
+        assert attached["state"] == "CO" and ml_backend.connect(client, pid, url)["id"] == attached["backend_id"]
         tasks = list_tasks(client, pid, "all")
+        assert attached["predictions"] == attached["tasks"] == len(tasks)  # not 0 straight after connecting
         assert sorted(predictor.asked) == sorted(t.data["key"] for t in tasks)  # Label Studio called the backend
         for t in tasks:
             (p,) = t.model_dump()["predictions"]  # pushed without pre-labels: this one is the backend's
@@ -336,6 +437,22 @@ def test_made_up_credentials_go_to_an_owner_only_env_file(tmp_path, monkeypatch)
     made = server.credentials(tmp_path / "user.env")
     assert made["LABEL_STUDIO_USERNAME"] == "lead@example.com"
     assert (tmp_path / "user.env").stat().st_mode & 0o777 == 0o600
+
+
+def test_default_up_keeps_ssrf_protection_and_the_local_ip_block_on(label_studio, tmp_path):
+    """The fixture's server was started by a plain `up`: Label Studio got both protections on. Only the flag
+    (or the params setting) turns them off."""
+    cfg, _ = label_studio
+    pid = int((Path(cfg.data_dir) / "server.pid").read_text())
+    env = dict(x.split("=", 1) for x in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in x)
+    assert (env["SSRF_PROTECTION_ENABLED"], env["ML_BLOCK_LOCAL_IP"]) == ("true", "true")
+    from pipelines import cli
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"labelstudio": {"url": cfg.url}}))
+    parse = lambda *args: cli._ls_config(cli.build_parser().parse_args(["--params", str(params), *args]))  # noqa: E731
+    assert not parse("labelstudio", "up").allow_loopback_ml_backend
+    assert parse("labelstudio", "up", "--allow-loopback-ml-backend").allow_loopback_ml_backend
 
 
 def test_server_listens_on_loopback_only(label_studio):

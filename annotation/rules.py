@@ -1,0 +1,149 @@
+"""The panel's rules: what a person would notice in a generated ad, measured on its pixels.
+
+Every rule reads the generated image (and where the placed product is), so each failure is one the
+generator causes and a new seed, prompt or a better ControlNet can fix; only `unsuitable` is the
+product photo's own (the products stage measures `truncated`). The layout is fixed per product
+(`pipelines.generate.layout_seed`), so it decides nothing here by itself.
+
+  space_mismatch       the product does not stand on the scene's surface: no ground line (the
+                       horizon or a table's back edge) is visible, or the product's base is not at
+                       least `float_gap` of the side below it (the product floats in the sky or on
+                       the wall, or balances on the surface's far edge)
+  size_mismatch        the product is out of proportion with the scene: its real height implied by
+                       the perspective (pixel height x camera height / rows between base and ground
+                       line) is more than `size_tol` times its category's norm, or less than 1/`size_tol`
+  indistinctiveness    the background ring around the product is close to its colour (mean CIELAB
+                       distance < `contrast`) or busy (lightness std > `busy`)
+  shape_hallucination  the thin halo just outside the product is closer in colour to the product
+                       than the wider ring is (ratio < `halo`): the background grew the product
+  unsuitable           the product photo cuts the product off (recipe `product_truncated`)
+
+The ground line is the row where the background's row profile (per-row median CIELAB colour of the
+pixels outside the dilated product) steps most between the `window` rows above and below it. On the
+renderer's scenes, where the true horizon is known, `bench/bench_failures.py` reports its error.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+REASON_ORDER = ("unsuitable", "space_mismatch", "size_mismatch", "indistinctiveness", "shape_hallucination")
+
+# Typical real heights (metres) of what a caption names, first by a word of the title, then by the
+# category; a product with neither gets no size judgement rather than a guessed one.
+HEIGHT_BY_WORD = {
+    "shoe": 0.12, "sneaker": 0.12, "boot": 0.25, "bag": 0.32, "handbag": 0.28, "backpack": 0.45,
+    "bottle": 0.22, "can": 0.12, "jar": 0.11, "cup": 0.10, "mug": 0.10, "glass": 0.12, "tube": 0.16,
+    "box": 0.20, "lamp": 0.45, "vase": 0.30, "watch": 0.05, "phone": 0.15, "laptop": 0.25,
+    "speaker": 0.20, "chair": 0.90, "fridge": 1.80, "plant": 0.40, "candle": 0.12, "perfume": 0.12,
+}
+HEIGHT_BY_CATEGORY = {
+    "beauty": 0.18, "electronics": 0.20, "beverage": 0.15, "grocery": 0.12, "footwear": 0.12,
+    "kitchen": 0.12, "personal care": 0.16, "fashion": 0.32, "furniture": 0.9, "home": 0.3,
+}
+
+
+def norm_height(title: str, category: str) -> float | None:
+    """The category's real-world height in metres, from the caption's words first."""
+    for word in re.findall(r"[a-z]+", (title or "").lower()):
+        for w in (word, word.removesuffix("s")):
+            if w in HEIGHT_BY_WORD:
+                return HEIGHT_BY_WORD[w]
+    return HEIGHT_BY_CATEGORY.get((category or "").strip().lower())
+
+
+@dataclass(frozen=True)
+class Rules:
+    float_gap: float = 0.04  # base at least this far (share of the side) below the ground line
+    ground_step: float = 6.0  # weakest CIELAB step that still counts as a ground line
+    window: int = 4  # rows on each side of a candidate ground line (at 128 px; scaled with the side)
+    camera_m: float = 0.10  # camera height above the surface, metres (a table-top product shot)
+    size_tol: float = 3.0  # implied / norm height beyond this factor (either way): size mismatch
+    contrast: float = 35.0
+    busy: float = 75.0
+    halo: float = 0.70
+
+
+def _row_profile(lab: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Per-row median CIELAB of the background; rows with too little background are interpolated."""
+    s = lab.shape[0]
+    prof = np.full((s, 3), np.nan)
+    for y in np.nonzero(background.sum(axis=1) >= 0.15 * lab.shape[1])[0]:
+        prof[y] = np.median(lab[y, background[y]], axis=0)
+    ok = np.nonzero(~np.isnan(prof[:, 0]))[0]
+    if len(ok) < 2:
+        return np.zeros((s, 3))
+    return np.stack([np.interp(np.arange(s), ok, prof[ok, c]) for c in range(3)], axis=1)
+
+
+def ground_line(image: np.ndarray, alpha: np.ndarray, window: int = 4) -> tuple[int, float]:
+    """(row, CIELAB step) of the strongest horizontal boundary of the background, searched in the
+    rows 0.1-0.9 of the side (the bottom tenth is where tables show their front edge, not the line
+    the product stands behind)."""
+    s = image.shape[0]
+    k = max(2, round(window * s / 128))
+    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB).astype(np.float64)
+    grow = max(3, s // 14 | 1)
+    background = cv2.dilate((alpha > 127).astype(np.uint8), np.ones((grow, grow), np.uint8)) == 0
+    prof = _row_profile(lab, background)
+    lo, hi = max(k, int(0.1 * s)), min(s - k + 1, int(0.9 * s))
+    steps = [np.linalg.norm(np.median(prof[y: y + k], 0) - np.median(prof[y - k: y], 0)) for y in range(lo, hi)]
+    i = int(np.argmax(steps))
+    return lo + i, float(steps[i])
+
+
+def features(image: np.ndarray, product: np.ndarray, rules: Rules = Rules()) -> dict:
+    """What the rules look at, from the generated image (RGB) and the placed product (RGBA).
+    Lengths are shares of the canvas side, so the rules hold at any resolution."""
+    a = product[..., 3] > 127
+    side = a.shape[0]
+    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB).astype(np.float64)
+    mean = lab[a].mean(axis=0)
+
+    def grown(n):
+        return cv2.dilate(a.astype(np.uint8), np.ones((n, n), np.uint8)) > 0
+
+    halo = grown(7) & ~a
+    ring = grown(max(9, side // 4 | 1)) & ~grown(7)
+    dist = lambda m: np.linalg.norm(lab[m] - mean, axis=1).mean()  # noqa: E731
+    ys, _ = np.nonzero(a)
+    ground, step = ground_line(image, product[..., 3], rules.window)
+    return {
+        "base": (ys.max() + 1) / side,
+        "height": (np.ptp(ys) + 1) / side,
+        "ground": ground / side,
+        "ground_step": step,
+        "contrast": float(dist(ring)),
+        "busy": float(lab[ring][:, 0].std()),
+        "halo": float(dist(halo) / max(dist(ring), 1e-6)),
+    }
+
+
+def implied_height(f: dict, r: Rules) -> float | None:
+    """The product's real height (m) that the perspective implies: a camera `camera_m` above the
+    plane sees an object standing `base - ground` rows below the horizon at pixel height `height`
+    as height * camera_m / (base - ground). None without a ground line above the base."""
+    gap = f["base"] - f["ground"]
+    if f["ground_step"] < r.ground_step or gap <= r.float_gap:
+        return None
+    return f["height"] * r.camera_m / gap
+
+
+def judge(f: dict, r: Rules) -> tuple[str, list[str]]:
+    """The rules, noise-free: (verdict, reasons in taxonomy order). `f` holds `features` plus the
+    recipe's `truncated`, `title` and `category`."""
+    reasons = ["unsuitable"] if f.get("truncated") else []
+    if f["ground_step"] < r.ground_step or f["base"] - f["ground"] <= r.float_gap:
+        reasons.append("space_mismatch")
+    implied, norm = implied_height(f, r), norm_height(f.get("title", ""), f.get("category", ""))
+    if implied is not None and norm and not 1 / r.size_tol <= implied / norm <= r.size_tol:
+        reasons.append("size_mismatch")
+    if f["contrast"] < r.contrast or f["busy"] > r.busy:
+        reasons.append("indistinctiveness")
+    if f["halo"] < r.halo:
+        reasons.append("shape_hallucination")
+    return ("not_available", reasons) if reasons else ("available", [])

@@ -1,0 +1,177 @@
+"""Failures the generator causes, judged by the panel's oracle (issue 10.3/10.5). Outside CI.
+
+Generates one batch with the trained scene generator (`--model`, default models/scene-generator)
+under a separate data root (~/.cache/rf1m-bench-failures, kept: a re-run reuses finished shards):
+the demo's products and layout settings (params.yaml), every prompt preset, `--seeds` seeds per
+product x prompt. The first `--main` seeds are "the batch"; the others exist to ask whether a
+not-available sample's failure depends on the seed or prompt: the layout is a function of
+(batch seed, product) only, so every sample of a product has the same layout, and a not-available
+sample counts as fixable when another seed of the same prompt (or another prompt) gives an available
+sample of that product. Reported: the oracle's available rate (target 40-75%), each reason's count
+(every reason must occur), per prompt x reason rates, the fixable share (target >= 0.5), and the
+simulated panel's agreement with the oracle (Krippendorff's alpha on the verdict, and pairwise).
+
+    nice -n 5 .venv/bin/python bench/bench_failures.py [--products 25] [--seeds 5] [--main 2]
+Writes bench/results/failures.json.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from annotation import panel  # noqa: E402
+from annotation.consensus import cohen_kappa, krippendorff_alpha  # noqa: E402
+from annotation.rules import REASON_ORDER, ground_line, judge  # noqa: E402
+from bench.timing import Record  # noqa: E402
+from pipelines import generate, params, products  # noqa: E402
+from pipelines.conditions import draw_layout, make_conditions  # noqa: E402
+from pipelines.generate import GenerateConfig, Prompt  # noqa: E402
+from pipelines.scenes import PROMPTS, render  # noqa: E402
+
+ROOT = Path.home() / ".cache" / "rf1m-bench-failures"
+BATCH = "failures"
+
+
+def make_batch(model: str, n_products: int, seeds: int) -> GenerateConfig:
+    """The bench batch (cached): the demo's products and layout, every prompt, `seeds` seeds."""
+    pcfg = params.load("products", products.ProductsConfig, overrides={"out": str(ROOT / "products"),
+                                                                       "count": n_products})
+    products.run(pcfg)
+    gcfg = params.load("generate", GenerateConfig, overrides={
+        "base_model": model, "controlnet_model": None, "batch_id": BATCH, "seeds": seeds,
+        "products": str(ROOT / "products"), "out": str(ROOT / "shards"),
+        "aux": {"depth": "layout_prior"}, "threads": int(os.environ.get("THREADS", "1"))})
+    gcfg = GenerateConfig(**{**vars(gcfg), "prompts": tuple(Prompt(k, v) for k, v in PROMPTS.items())})
+    t = time.perf_counter()
+    out = generate.run(gcfg)
+    print(f"generate: {out} in {time.perf_counter() - t:.0f} s")
+    return gcfg
+
+
+def detector_error(gcfg: GenerateConfig, per_preset: int = 20) -> dict:
+    """Ground-line detector vs the renderer's true horizon, on rendered scenes with a product placed
+    by the batch's layout settings (the truth a generated image lacks)."""
+    items = list(products.synthetic_products(products.ProductsConfig(count=16, seed=11, truncated_every=0)))
+    out, errors = {}, []
+    for i, preset in enumerate(PROMPTS):
+        e = []
+        for j in range(per_preset):
+            c = make_conditions(items[(i + j) % len(items)][3], gcfg.layout,
+                                draw_layout(gcfg.layout, np.random.default_rng([i, j])))
+            sc = render(preset, 5000 + 100 * i + j, gcfg.layout.size, c.product)
+            e.append(ground_line(sc.image, c.product[..., 3])[0] - sc.horizon)
+        a = np.abs(e) / gcfg.layout.size
+        out[preset] = {"median_abs_error": round(float(np.median(a)), 3), "within_3px": round(float(np.mean(
+            np.abs(e) <= 3)), 2), "median_signed_px": float(np.median(e))}
+        errors += e
+    a = np.abs(errors)
+    return {"all": {"median_abs_error": round(float(np.median(a) / gcfg.layout.size), 3),
+                    "within_3px": round(float(np.mean(a <= 3)), 2), "scenes": len(a)}, "per_preset": out}
+
+
+def cached_features(pcfg) -> dict[str, dict]:
+    """The panel's features of every sample, cached beside the shards under their fingerprints (the
+    stats files), so a regenerated batch (another model) is measured again."""
+    stats = "".join(p.read_text() for p in sorted((ROOT / "shards" / BATCH).glob("*.stats.json")))
+    path = ROOT / f"features-{hashlib.sha256(stats.encode()).hexdigest()[:16]}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    feats = {k: {n: (v.item() if hasattr(v, "item") else v) for n, v in f.items()}
+             for k, f in panel.sample_features(pcfg).items()}
+    path.write_text(json.dumps(feats))
+    return feats
+
+
+def rates(verdicts: list[tuple[str, list[str]]]) -> dict:
+    n = len(verdicts)
+    return {"samples": n, "available": round(sum(v == "available" for v, _ in verdicts) / max(n, 1), 3),
+            **{x: round(sum(x in r for _, r in verdicts) / max(n, 1), 3) for x in REASON_ORDER}}
+
+
+def dependence(feats: dict, oracle: dict, main_keys: list[str]) -> dict:
+    """Share of the not-available main samples for which the same product and layout gives an available
+    sample under another seed of the same prompt, or under any seed of another prompt; per reason too."""
+    groups = defaultdict(list)
+    for k, f in feats.items():
+        groups[f["product_id"], f["prompt_id"]].append(k)
+    ok = {g: any(oracle[k][0] == "available" for k in ks) for g, ks in groups.items()}
+    bad = [k for k in main_keys if oracle[k][0] != "available"]
+    out = {"not_available": len(bad)}
+    tests = (("all", lambda k: True), ("not_unsuitable", lambda k: "unsuitable" not in oracle[k][1]),
+             *((x, lambda k, x=x: x in oracle[k][1]) for x in REASON_ORDER))
+    for name, keep in tests:
+        ks = [k for k in bad if keep(k)]
+        f = [feats[k] for k in ks]
+        by_seed = [any(oracle[o][0] == "available" for o in groups[x["product_id"], x["prompt_id"]] if o != k)
+                   for k, x in zip(ks, f)]
+        by_prompt = [s or any(v for (p, q), v in ok.items() if p == x["product_id"] and q != x["prompt_id"])
+                     for s, x in zip(by_seed, f)]
+        out[name] = {"samples": len(ks), "fixed_by_other_seed": round(float(np.mean(by_seed)), 3) if ks else None,
+                     "fixed_by_other_seed_or_prompt": round(float(np.mean(by_prompt)), 3) if ks else None}
+    return out
+
+
+def panel_agreement(pcfg, feats: dict, keys: list[str], oracle: dict) -> dict:
+    """Every simulated annotator judges every main sample (its noise seeded per sample, as in Label
+    Studio): verdict accuracy and Cohen's kappa against the oracle, Krippendorff's alpha among them."""
+    annotators = panel.make_panel(pcfg)
+    votes = {}
+    for ann in annotators:
+        v = []
+        for k in keys:
+            ann.rng.seed(f"{pcfg.seed}/{ann.email}/{k}")
+            v.append(ann.label(feats[k])[0])
+        votes[ann.email] = v
+    truth = [oracle[k][0] for k in keys]
+    per = {e: {"accuracy": round(float(np.mean([a == b for a, b in zip(v, truth)])), 3),
+               "kappa_vs_oracle": round(cohen_kappa(v, truth)[0] or 0.0, 3)} for e, v in votes.items()}
+    alpha = krippendorff_alpha([[v[i] for v in votes.values()] for i in range(len(keys))])[0]
+    majority = [Counter(v[i] for v in votes.values()).most_common(1)[0][0] for i in range(len(keys))]
+    return {"annotators": per, "krippendorff_alpha_panel": round(alpha, 3) if alpha is not None else None,
+            "majority_accuracy_vs_oracle": round(float(np.mean([m == t for m, t in zip(majority, truth)])), 3)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="models/scene-generator")
+    ap.add_argument("--products", type=int, default=25)
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--main", type=int, default=2)
+    ap.add_argument("--generate-only", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    rec = Record("failures", vars(a))
+    gcfg = make_batch(a.model, a.products, a.seeds)
+    if a.generate_only:
+        return
+    pcfg = params.load("panel", panel.PanelConfig, overrides={"batch_id": BATCH, "shards": str(ROOT / "shards")})
+    feats = cached_features(pcfg)
+    seed_index = {generate.sample_seed(gcfg.seed, f["product_id"], f["prompt_id"], k): k
+                  for f in feats.values() for k in range(a.seeds)}
+    oracle = {k: judge(f, pcfg.rules) for k, f in feats.items()}
+    main_keys = sorted(k for k, f in feats.items() if seed_index[f["seed"]] < a.main)
+    counts = Counter(x for k in main_keys for x in oracle[k][1])
+    report = {
+        "samples": len(main_keys), "all_samples": len(feats), "rules": vars(pcfg.rules),
+        "oracle": rates([oracle[k] for k in main_keys]), "reason_counts": {x: counts[x] for x in REASON_ORDER},
+        "per_prompt": {p: rates([oracle[k] for k in main_keys if feats[k]["prompt_id"] == p]) for p in PROMPTS},
+        "dependence": dependence(feats, oracle, main_keys),
+        "panel_vs_oracle": panel_agreement(pcfg, feats, main_keys, oracle),
+        "ground_detector_vs_rendered_truth": detector_error(gcfg),
+        "targets": {"available": [0.40, 0.75], "every_reason": True, "fixed_by_other_seed_or_prompt": 0.5},
+    }
+    print(json.dumps({k: report[k] for k in ("oracle", "reason_counts", "dependence")}, indent=1))
+    rec.save(**report)
+
+
+if __name__ == "__main__":
+    main()

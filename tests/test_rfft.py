@@ -1,0 +1,168 @@
+"""RFFT on the tiny test generator (64 px, 2 DDIM steps) and a tiny random RFNet: what trains, what
+the regulariser measures, the saved ControlNet in the generate pipeline, and resume."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines import products, rfft
+from pipelines.aux_maps import spectral_residual
+from pipelines.conditions import LayoutConfig
+from pipelines.generate import Prompt
+from tests.test_cyclic import tiny_rfnet
+
+
+@pytest.fixture(scope="module")
+def setup_dir(tmp_path_factory, tiny_model):
+    tmp = tmp_path_factory.mktemp("rfft")
+    # p00000 test, p00001-3 train, p00004 val (rfft.split_of)
+    products.run(products.ProductsConfig(count=5, size=96, out=str(tmp / "products")))
+    tiny_rfnet(tmp / "rfnet", threshold=0.2)
+    return tmp
+
+
+def config(tmp: Path, model: Path, out: str, **kw) -> rfft.RFFTConfig:
+    base = dict(base_model=str(model), products=str(tmp / "products"), checkpoint=str(tmp / "rfnet"),
+                out=str(tmp / out), metrics=str(tmp / out / "metrics"), steps=2, stop_last=2,
+                layout=LayoutConfig(size=64), prompts=(Prompt("kitchen", "a product on a marble table"),),
+                batch_size=2, lr=1e-2, max_steps=4, eval_every=100, save_every=2, patience=100, val_seeds=1,
+                threads=1, regulariser="none")
+    base.update(kw)
+    return rfft.RFFTConfig(**base)
+
+
+def checksum(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode() + v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_only_controlnet_trains_and_lcc_grows_from_zero(setup_dir, tiny_model):
+    cfg = config(setup_dir, tiny_model, "unit")
+    gen, reward, _, optimizer, data = rfft.setup(cfg)
+    frozen = rfft.frozen_modules(gen, reward)
+    assert set(frozen) >= {"unet", "vae", "text_encoder", "rfnet"}
+    assert all(not p.requires_grad for m in frozen.values() for p in m.parameters())
+    before = {n: checksum(m) for n, m in frozen.items()}
+    start = checksum(gen.controlnet)
+    rng = np.random.default_rng(123)
+    probe = rfft._draw(cfg, data["train"], rng, 2)  # a fixed batch the regulariser is measured on
+    originals = rfft.originals_tensor(probe, reward.size, "cpu")
+
+    def lcc():
+        with torch.no_grad():
+            return float(rfft.losses(gen, reward, probe, originals, stop=1)["cc"])
+
+    seen = [lcc()]
+    for step in range(4):
+        rfft.train_step(cfg, gen, reward, optimizer, data["train"], step)
+        seen.append(lcc())
+    assert seen[0] == 0.0  # the fine-tuned model starts as its reference: no guidance drift at all
+    assert seen[2] > 0 and seen[4] > seen[2]  # and drifts as F_AC alone (beta = 0) moves the weights
+    assert {n: checksum(m) for n, m in frozen.items()} == before  # UNet, VAE, text encoder, RFNet untouched
+    assert checksum(gen.controlnet) != start
+
+
+def test_condition_embedding_is_reused_within_a_batch_and_never_stale(setup_dir, tiny_model):
+    cfg = config(setup_dir, tiny_model, "embed")
+    gen = rfft.Generator(cfg, "cpu")
+    items = rfft._draw(cfg, rfft._products(cfg)["train"], np.random.default_rng(1), 2)
+    conds, prompts, seeds = [c for *_, c in items], [p for _, p, _, _ in items], [s for _, _, s, _ in items]
+    emb = gen.controlnet.controlnet_cond_embedding
+    cached, plain = emb.forward, type(emb).forward.__get__(emb)
+
+    def rollout(forward):
+        emb.forward = forward
+        return gen.rollout(gen.inputs(conds, prompts), seeds, cfg.steps)
+
+    with torch.no_grad():
+        for p in gen.controlnet.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # a ControlNet that acts (its zero-init start is a no-op)
+    assert torch.equal(rollout(cached), rollout(plain))
+    with torch.no_grad():  # weights move, as after an optimizer step: the next batch sees them
+        for p in emb.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    assert torch.equal(rollout(cached), rollout(plain))
+
+
+def test_regularisers_and_anchor_enter_the_loss(setup_dir, tiny_model):
+    terms = {"f_ac": torch.tensor(1.0), "cc": torch.tensor(2.0), "kl": torch.tensor(3.0), "uncond": torch.tensor(5.0),
+             "output": torch.tensor(7.0)}
+    cfg = config(setup_dir, tiny_model, "x", beta=10.0)
+    assert float(rfft.total(replace(cfg, regulariser="cc"), terms)) == 21.0
+    assert float(rfft.total(replace(cfg, regulariser="kl"), terms)) == 31.0
+    assert float(rfft.total(replace(cfg, regulariser="none", anchor="uncond", anchor_weight=2.0), terms)) == 11.0
+    with pytest.raises(ValueError, match="regulariser"):
+        replace(cfg, regulariser="l2")
+
+
+def test_torch_saliency_matches_the_stored_map(small_batch):
+    import io
+
+    from PIL import Image
+
+    from rf1m import shards
+
+    tmp, gen_cfg, _ = small_batch
+    batch = Path(gen_cfg.out) / gen_cfg.batch_id
+    row = shards.read_sidecars(batch).to_pylist()[0]
+
+    img = np.array(Image.open(io.BytesIO(shards.member_bytes(batch, row, "image"))).convert("RGB"))
+    want = spectral_residual(img).astype(float)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float().requires_grad_(True)
+    got = rfft.spectral_residual_torch(x / 255)[0]
+    got.sum().backward()
+    assert np.abs(got.detach().numpy() * 255 - want).max() <= 3.0
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0  # differentiable, no NaN from the phase
+
+
+def test_killed_run_resumes_to_the_same_weights_and_the_controlnet_drops_into_generate(setup_dir, tiny_model):
+    from pipelines import generate
+    from tests.conftest import small_config
+
+    whole = rfft.run(config(setup_dir, tiny_model, "whole"))
+    assert whole["steps"] == 4 and [h["step"] for h in whole["history"]] == [0, 4]
+    assert set(whole["history"][-1]) >= {"oracle_rate", "rfnet_rate", "judge_oracle_agreement", "train_cc"}
+
+    def die(step):
+        if step == 3:
+            raise KeyboardInterrupt("killed on purpose")
+
+    cut = config(setup_dir, tiny_model, "cut")
+    with pytest.raises(KeyboardInterrupt):
+        rfft.run(cut, on_step=die)  # its last checkpoint is step 2
+    resumed = rfft.run(cut)
+    assert resumed["steps"] == 4
+    with pytest.raises(ValueError, match="regulariser"):  # a resume never mixes two recipes
+        rfft.run(replace(cut, regulariser="kl"))
+    from diffusers import ControlNetModel
+
+    a = ControlNetModel.from_pretrained(setup_dir / "whole" / "last" / "controlnet").state_dict()
+    b = ControlNetModel.from_pretrained(setup_dir / "cut" / "last" / "controlnet").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    start = ControlNetModel.from_pretrained(tiny_model / "controlnet").state_dict()
+    assert not all(torch.equal(a[k], start[k]) for k in a)
+
+    # the trained ControlNet (diffusers format) is a generate stage's controlnet_model
+    out = setup_dir / "gen"
+    out.mkdir()
+    (out / "products").symlink_to(setup_dir / "products")
+    base = generate.run(small_config(out, tiny_model, seeds=1, batch_id="base"))
+    tuned = generate.run(small_config(out, tiny_model, seeds=1, batch_id="tuned",
+                                      controlnet_model=str(setup_dir / "whole" / "last" / "controlnet")))
+    assert tuned["samples"] == base["samples"] == 5
+    from rf1m import shards
+
+    def first_image(batch):
+        d = out / "shards" / batch
+        rows = sorted(shards.read_sidecars(d).to_pylist(), key=lambda r: r["product_id"])
+        return shards.member_bytes(d, rows[0], "image")
+
+    assert first_image("base") != first_image("tuned")  # the fine-tuned weights are the ones used
