@@ -143,19 +143,14 @@ def _wall_scene(g, wall, floor):
 
 
 def _kitchen(rng, g):
-    """Sage-green cabinet doors and a bright window over a white marble counter with dark veins: the
-    doors' mid-tone green keeps it apart from the other bright scenes (studio, tiles, snow) once blurred."""
     s = g.size
-    wall = _vgrad(s, _jit(rng, (0.36, 0.50, 0.42), 0.04), _jit(rng, (0.26, 0.38, 0.32), 0.04))
-    door = rng.uniform(0.2, 0.3) * s  # cabinet doors, dark seams between them
-    seam = np.abs(((g.x + rng.uniform(0, door)) % door) - door / 2) > door / 2 - 1.5
-    wall = np.where(seam[..., None], wall * 0.6, wall)
+    wall = _vgrad(s, _jit(rng, (0.93, 0.92, 0.88)), _jit(rng, (0.80, 0.78, 0.74)))
     wx, ww = rng.uniform(0.05, 0.6) * s, rng.uniform(0.25, 0.4) * s
     win = (g.x > wx) & (g.x < wx + ww) & (g.y > 0.05 * s) & (g.y < g.horizon - 0.1 * s)
     wall = np.where(win[..., None], _vgrad(s, (0.70, 0.85, 0.98), (0.92, 0.96, 1.0)), wall)
-    wall = np.where((win & (np.abs(g.x - wx - ww / 2) < 1.5))[..., None], 0.95, wall)
+    wall = np.where((win & (np.abs(g.x - wx - ww / 2) < 1.0))[..., None], 0.85, wall)
     vein = np.abs(_on_plane(_noise(rng, 128, 128, 12), g, 0.6) - 0.5)
-    marble = np.float32((0.96, 0.95, 0.93)) - 0.45 * np.clip(1 - vein / 0.04, 0, 1)[..., None]
+    marble = np.float32((0.95, 0.95, 0.93)) - 0.35 * np.clip(1 - vein / 0.025, 0, 1)[..., None]
     marble = marble * (0.93 + 0.07 * _on_plane(_noise(rng, 64, 64, 3), g, 1.0))[..., None]
     return _wall_scene(g, wall, marble)
 
@@ -177,8 +172,7 @@ def _living(rng, g):
     return _wall_scene(g, wall, wood)
 
 
-# Pink, peach and lilac, saturated enough to survive the VAE (paler ones all decoded to the same white).
-PASTELS = ((0.97, 0.62, 0.72), (0.99, 0.72, 0.52), (0.76, 0.62, 0.95))
+PASTELS = ((0.98, 0.80, 0.84), (0.80, 0.90, 0.98), (0.84, 0.96, 0.84), (0.98, 0.94, 0.78), (0.88, 0.82, 0.98))
 
 
 def _studio(rng, g):
@@ -193,7 +187,7 @@ def _studio(rng, g):
     inside_top = ((g.x - cx) / w) ** 2 + ((g.y - top) / eh) ** 2 <= 1
     front = (np.abs(g.x - cx) <= w) & (g.y > top) & (g.y <= s + 1) & ~inside_top
     shade = 0.75 + 0.2 * np.cos(np.clip((g.x - cx) / w, -1, 1) * np.pi / 2 + 0.6 * g.light)
-    pod = _jit(rng, _mix(hue, np.float32((1, 1, 1)), 0.6), 0.02)  # a near-white podium on the coloured set
+    pod = _jit(rng, np.minimum(hue * 1.05, 1), 0.02)
     img = np.where(front[..., None], pod * shade[..., None], img)
     img = np.where(inside_top[..., None], np.minimum(pod * 1.05, 1), img)
     ztop = g.z[min(int(top), s - 1), 0]  # the product stands at the top's centre; the front is nearer
@@ -221,17 +215,14 @@ def _forest(rng, g):
 
 
 def _concrete(rng, g):
-    """A mid-grey wall lit by a hard-edged window of light and a darker floor: the light patch and the
-    wall/floor step are the large, neutral shapes that tell it apart from the pale scenes."""
     s = g.size
-    grey = rng.uniform(0.48, 0.60)
-    wall = np.full((s, s, 3), grey, np.float32) * (0.9 + 0.2 * _noise(rng, s, s, 10))[..., None]
-    x0, w, sh = rng.uniform(0.0, 0.55) * s, rng.uniform(0.25, 0.4) * s, g.light * rng.uniform(0.3, 0.8)
-    patch = (g.x - sh * g.y > x0) & (g.x - sh * g.y < x0 + w) & (g.y > 0.08 * s)
-    wall = wall * np.where(patch, 1.3, 0.85)[..., None]
-    floor = _on_plane(_noise(rng, 128, 128, 8), g, 0.8)[..., None] * 0.2 + grey * 0.55
+    grey = rng.uniform(0.45, 0.65)
+    wall = np.full((s, s, 3), grey, np.float32) * np.float32((0.98, 1.0, 1.03))
+    spot = np.exp(-((g.x - s / 2 + 0.3 * s * g.light) ** 2 + (g.y - 0.3 * s) ** 2) / (0.3 * s) ** 2)
+    wall = wall * (0.75 + 0.5 * spot[..., None]) * (0.9 + 0.2 * _noise(rng, s, s, 10))[..., None]
+    floor = _on_plane(_noise(rng, 128, 128, 8), g, 0.8)[..., None] * 0.25 + grey * 0.85
     specks = _on_plane((rng.random((128, 128)) > 0.97).astype(np.float32), g, 1.0)
-    floor = floor - 0.15 * specks[..., None]
+    floor = floor * np.float32((1.0, 1.0, 1.02)) - 0.2 * specks[..., None]
     img, depth, surface = _wall_scene(g, wall, floor)
     return img + _grain(rng, s, 0.025), depth, surface
 
@@ -240,11 +231,11 @@ def _tiles(rng, g):
     s = g.size
     tile = _jit(rng, (0.93, 0.95, 0.96), 0.04) if rng.random() < 0.6 else _jit(rng, (0.78, 0.90, 0.90), 0.04)
     t = rng.uniform(0.12, 0.2) * s  # wall tiles: a square grid facing the camera
-    grout = (np.minimum(g.x % t, g.y % t) < 2.5)  # thick and dark: thinner grout blurs away in the VAE
-    wall = np.where(grout[..., None], tile * 0.55, tile) * _vgrad(s, (1.0, 1.0, 1.0), (0.85, 0.86, 0.88))
+    grout = (np.minimum(g.x % t, g.y % t) < 1.2)
+    wall = np.where(grout[..., None], tile * 0.7, tile) * _vgrad(s, (1.0, 1.0, 1.0), (0.85, 0.86, 0.88))
     gt = rng.uniform(0.3, 0.5)  # floor tiles, in the plane
-    fgrout = (np.minimum((g.X / gt) % 1, (g.z / gt) % 1) < 0.1)
-    floor = np.where(fgrout[..., None], tile * 0.55, tile * 0.95)
+    fgrout = (np.minimum((g.X / gt) % 1, (g.z / gt) % 1) < 0.06)
+    floor = np.where(fgrout[..., None], tile * 0.65, tile * 0.95)
     floor = cv2.GaussianBlur(floor, (0, 0), 0.6)
     return _wall_scene(g, wall, floor)
 

@@ -6,11 +6,8 @@ the procedural corpus of `pipelines.scenes`, on a 2-core CPU in about 15 minutes
 measured in research/tiny_generator.md:
 
 1. render `images` scenes, each with a synthetic product placed by the generate stage's own layout;
-2. train the VAE (f=8, 4 latent channels) on full frames: L1 + an edge (image-gradient) L1, which keeps
-   more texture than L1 alone, + a colour term (local mean colour and saturation), which stops a small
-   decoder hedging towards grey, + a tiny KL; set `scaling_factor` from the measured latent std. Full
-   frames, not crops: a crop-trained decoder never sees the frame border it meets at inference (zero
-   padding there) and draws a fringe along it;
+2. train the VAE (f=8, 4 latent channels) on random crops: L1 + an edge (image-gradient) L1, which
+   keeps more texture than L1 alone, + a tiny KL; set `scaling_factor` from the measured latent std;
 3. encode every image and its masked copy once, exactly as the inpainting pipeline does;
 4. train the 9-channel inpainting UNet (noisy latent, mask, masked latent) on the frozen project text
    encoder and BPE tokenizer; `prompt_dropout` of the prompts become the negative prompt's embedding,
@@ -18,7 +15,10 @@ measured in research/tiny_generator.md:
 5. ControlNet: NOT trained (about 1.3 s a step here, so a few minutes buy ~150 steps). It is a copy of
    the UNet's encoder with in_channels=4 (the pipeline feeds it the 4-channel noisy latents, so
    `ControlNetModel.from_unet` on a 9-channel UNet cannot be used) and zero output convolutions: an
-   exact no-op that RFFT can start from.
+   exact no-op that RFFT can start from;
+6. fine-tune the VAE decoder alone on full frames with a colour term (`finetune_decoder`): the crop-trained
+   decoder washes colour out and draws a frame, and a frozen encoder keeps the UNet's latent space valid.
+   A model saved without this step gets only this step on a re-run (no UNet retraining).
 
 The result is saved in diffusers format, so `generate` loads it with `base_model: <out>` exactly as
 it loads the random tiny model or a hub model. Fixed step counts, not a time budget, keep the weights
@@ -53,13 +53,17 @@ class GeneratorConfig:
     scale_range: tuple[float, float] = (0.60, 0.90)  # product layout, as params.yaml's generate.layout
     jitter: float = 0.10
     vae_channels: tuple[int, ...] = (8, 16, 32, 64)
-    vae_steps: int = 700
-    vae_batch: int = 4  # full frames: as many pixels a step as 16 crops of 64 px
+    vae_steps: int = 800
+    vae_batch: int = 16
+    vae_crop: int = 64
     vae_lr: float = 1e-3
     vae_edge: float = 0.5  # weight of the image-gradient L1
-    vae_colour: float = 2.0  # weight of the colour term (local mean colour and saturation), see _colour_terms
+    decoder_steps: int = 300  # fine-tune of the VAE decoder alone at full size (0: none); see finetune_decoder
+    decoder_batch: int = 8
+    decoder_lr: float = 5e-4
+    decoder_colour: float = 2.0  # weight of the colour term (local mean colour and saturation)
     unet_channels: tuple[int, ...] = (32, 64, 128)
-    unet_steps: int = 1150
+    unet_steps: int = 1200
     unet_batch: int = 32
     unet_lr: float = 1e-3
     warmup: int = 50
@@ -133,6 +137,31 @@ def _log(curve: list, window: list, step: int, loss: float, bar) -> None:
         window.clear()
 
 
+def train_vae(cfg: GeneratorConfig, images: np.ndarray, g) -> tuple[object, list]:
+    import torch
+    import torch.nn.functional as F
+
+    vae = build_vae(cfg)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    n, s, c = len(images), cfg.size, cfg.vae_crop
+    curve, window = [], []
+    bar = tqdm(range(cfg.vae_steps), desc="train VAE", unit="step")
+    for step in bar:
+        idx = torch.randint(0, n, (cfg.vae_batch,), generator=g).numpy()
+        ox, oy = torch.randint(0, s - c + 1, (2,), generator=g).tolist()
+        x = _to_tensor(images[idx, oy:oy + c, ox:ox + c])
+        if torch.rand((), generator=g) < 0.5:
+            x = x.flip(-1)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=g)).sample
+        loss = F.l1_loss(rec, x) + 1e-6 * post.kl().mean()
+        for a, b in zip(_edges(rec), _edges(x)):
+            loss = loss + cfg.vae_edge * F.l1_loss(a, b)
+        _step(opt, vae.parameters(), loss, _schedule(step, cfg.vae_steps, cfg.vae_lr, cfg.warmup))
+        _log(curve, window, step, loss.item(), bar)
+    return vae.eval().requires_grad_(False), curve
+
+
 def _colour_terms(rec, x, pool: int = 8):
     """L1 of the local mean colour (pool x pool blocks) and of its saturation (max - min of R, G, B).
 
@@ -146,33 +175,37 @@ def _colour_terms(rec, x, pool: int = 8):
     return F.l1_loss(a, b) + F.l1_loss(sat(a), sat(b))
 
 
-def vae_loss(rec, x, cfg: GeneratorConfig):
-    """L1 + `vae_edge` x image-gradient L1 + `vae_colour` x `_colour_terms` (without the KL)."""
+def finetune_decoder(cfg: GeneratorConfig, vae, images: np.ndarray, lat: dict, g) -> list:
+    """Fine-tune `post_quant_conv` and the decoder on full frames; the encoder and `quant_conv` stay fixed.
+
+    The first VAE is trained on crops, so its decoder washes out colour, draws a frame at the full-size
+    border (zero padding it never saw there) and fringes the edges. A frozen encoder keeps the latent
+    space, and with it the UNet trained on it, valid: only how latents become pixels changes. Latents
+    are sampled from the stored posteriors, as the UNet was trained to produce.
+    Loss: L1 + `vae_edge` x image-gradient L1 + `decoder_colour` x `_colour_terms`.
+    """
+    import torch
     import torch.nn.functional as F
 
-    loss = F.l1_loss(rec, x) + cfg.vae_colour * _colour_terms(rec, x)
-    for a, b in zip(_edges(rec), _edges(x)):
-        loss = loss + cfg.vae_edge * F.l1_loss(a, b)
-    return loss
-
-
-def train_vae(cfg: GeneratorConfig, images: np.ndarray, g) -> tuple[object, list]:
-    import torch
-
-    vae = build_vae(cfg)
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    params = [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
+    vae.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
     curve, window = [], []
-    bar = tqdm(range(cfg.vae_steps), desc="train VAE", unit="step")
+    bar = tqdm(range(cfg.decoder_steps), desc="fine-tune VAE decoder", unit="step")
     for step in bar:
-        idx = torch.randint(0, len(images), (cfg.vae_batch,), generator=g).numpy()
-        x = _to_tensor(images[idx])
-        if torch.rand((), generator=g) < 0.5:
-            x = x.flip(-1)
-        post = vae.encode(x).latent_dist
-        loss = vae_loss(vae.decode(post.sample(generator=g)).sample, x, cfg) + 1e-6 * post.kl().mean()
-        _step(opt, vae.parameters(), loss, _schedule(step, cfg.vae_steps, cfg.vae_lr, cfg.warmup))
+        idx = torch.randint(0, len(images), (cfg.decoder_batch,), generator=g)
+        z = lat["mean"][idx] + lat["std"][idx] * torch.randn(lat["mean"][idx].shape, generator=g)
+        x = _to_tensor(images[idx.numpy()])
+        rec = vae.decode(z).sample
+        loss = F.l1_loss(rec, x) + cfg.decoder_colour * _colour_terms(rec, x)
+        for a, b in zip(_edges(rec), _edges(x)):
+            loss = loss + cfg.vae_edge * F.l1_loss(a, b)
+        _step(opt, params, loss, _schedule(step, cfg.decoder_steps, cfg.decoder_lr, min(cfg.warmup, cfg.decoder_steps // 10)))
         _log(curve, window, step, loss.item(), bar)
-    return vae.eval().requires_grad_(False), curve
+    vae.requires_grad_(False)
+    return curve
 
 
 def encode(vae, data: dict, batch: int = 64) -> dict:
@@ -283,9 +316,31 @@ def reconstruction_stats(vae, images: np.ndarray) -> dict:
     return {"l1": round(float((rec - x).abs().mean()), 4), "saturation_ratio": round(sat(rec) / sat(x), 3)}
 
 
-def _settings(stamp: dict) -> dict:
-    """What the weights depend on, not where they are written."""
-    return {k: v for k, v in stamp.items() if k not in ("out", "metrics")}
+DECODER_KNOBS = ("decoder_steps", "decoder_batch", "decoder_lr", "decoder_colour")
+
+
+def _settings(stamp: dict, decoder: bool = True) -> dict:
+    """What the weights depend on, not where they are written (older stamps also hold `out` and `metrics`);
+    without the decoder fine-tune's knobs unless `decoder`."""
+    skip = {"out", "metrics"} | (set() if decoder else set(DECODER_KNOBS))
+    return {k: v for k, v in stamp.items() if k not in skip}
+
+
+def _reload_vae(cfg: GeneratorConfig, out: Path, tmp: Path, data: dict, times: dict):
+    """Copy the saved model to `tmp` and load its VAE and the latents of `data`, for a decoder-only update."""
+    from safetensors.torch import load_file
+
+    shutil.copytree(out, tmp)
+    vae = build_vae(cfg).requires_grad_(False)  # not from_pretrained: its config would record the path
+    vae.load_state_dict(load_file(tmp / "vae" / "diffusion_pytorch_model.safetensors"))
+    vae.register_to_config(scaling_factor=json.loads((tmp / "vae" / "config.json").read_text())["scaling_factor"])
+    t = time.perf_counter()
+    lat = encode(vae, data)
+    times["encode_s"] = time.perf_counter() - t
+    metrics = Path(cfg.metrics) / "train.json"  # keep the VAE and UNet curves of the run that made them
+    report = {**(json.loads(metrics.read_text()) if metrics.exists() else {}), "trained_now": True,
+              "decoder_only": True, "latent_std": round(1 / vae.config.scaling_factor, 4)}
+    return vae, lat, report
 
 
 def _train_base(cfg: GeneratorConfig, tmp: Path, data: dict, g, times: dict):
@@ -313,12 +368,7 @@ def _train_base(cfg: GeneratorConfig, tmp: Path, data: dict, g, times: dict):
         text_encoder=base.text_encoder, tokenizer=base.tokenizer, safety_checker=None, feature_extractor=None,
         image_encoder=None, requires_safety_checker=False)
     pipe.save_pretrained(tmp, safe_serialization=True)
-    return vae, {"trained_now": True, "latent_std": round(std, 4), "vae_loss": vae_curve, "unet_loss": unet_curve}
-
-
-def _load() -> list[float]:
-    with open("/proc/loadavg") as f:
-        return [float(v) for v in f.read().split()[:3]]
+    return vae, lat, {"trained_now": True, "latent_std": round(std, 4), "vae_loss": vae_curve, "unet_loss": unet_curve}
 
 
 def run(cfg: GeneratorConfig) -> dict:
@@ -326,29 +376,44 @@ def run(cfg: GeneratorConfig) -> dict:
 
     out = Path(cfg.out)
     stamp, stamp_file = _settings(json.loads(json.dumps(asdict(cfg)))), out / "generator_config.json"
-    if stamp_file.exists() and _settings(json.loads(stamp_file.read_text())) == stamp:
+    saved = json.loads(stamp_file.read_text()) if stamp_file.exists() else None
+    if saved is not None and _settings(saved) == stamp:
         print(f"{out} is already trained with this config: reusing it")
         return {"out": str(out), "trained_now": False}
+    # A model trained with the same settings but no decoder fine-tune yet needs only that fine-tune: the UNet
+    # (36 min on a loaded 2-core machine) is kept, and the weights equal a full run's (same seed, threads).
+    decoder_only = saved is not None and _settings(saved, False) == _settings(stamp, False) \
+        and not saved.get("decoder_steps", 0) and cfg.decoder_steps > 0
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     g = torch.Generator().manual_seed(cfg.seed)
-    times, t0, load = {}, time.perf_counter(), {"start": _load()}
+    times, t0 = {}, time.perf_counter()
     data = corpus(cfg)
     times["render_s"] = time.perf_counter() - t0
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    vae, report = _train_base(cfg, tmp, data, g, times)
-    # Held-out renders (another seed): how much of the scenes the VAE keeps.
-    report["vae_heldout"] = reconstruction_stats(vae, corpus(replace(cfg, images=64, seed=cfg.seed + 1000))["images"])
+    if decoder_only:
+        print(f"{out}: same UNet settings, no decoder fine-tune yet: fine-tuning only the VAE decoder")
+        vae, lat, report = _reload_vae(cfg, out, tmp, data, times)
+    else:
+        vae, lat, report = _train_base(cfg, tmp, data, g, times)
+    report["out"] = str(out)
+    # Held-out renders (another seed), to measure what the decoder fine-tune changes.
+    held = corpus(replace(cfg, images=64, seed=cfg.seed + 1000))["images"]
+    report["vae_heldout"] = reconstruction_stats(vae, held)
+    if cfg.decoder_steps > 0:
+        t = time.perf_counter()
+        report["decoder_loss"] = finetune_decoder(cfg, vae, data["images"], lat,
+                                                  torch.Generator().manual_seed(cfg.seed + 1))
+        times["decoder_s"] = time.perf_counter() - t
+        vae.save_pretrained(tmp / "vae", safe_serialization=True)
+        report["vae_heldout_finetuned"] = reconstruction_stats(vae, held)
     (tmp / "generator_config.json").write_text(json.dumps(stamp, sort_keys=True))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     times["total_s"] = time.perf_counter() - t0
-    load["end"] = _load()
-    # Seconds per step too: on a shared machine they, with the load average, are what extrapolates.
-    report.update(out=str(out), seconds={k: round(v, 1) for k, v in times.items()}, threads=cfg.threads,
-                  load_average=load, s_per_step={"vae": round(times["vae_s"] / max(cfg.vae_steps, 1), 3),
-                                                 "unet": round(times["unet_s"] / max(cfg.unet_steps, 1), 3)})
+    report.update(seconds={**report.get("seconds", {}), **{k: round(v, 1) for k, v in times.items()}},
+                  threads=cfg.threads)
     Path(cfg.metrics).mkdir(parents=True, exist_ok=True)
     (Path(cfg.metrics) / "train.json").write_text(json.dumps(report, indent=1))
     return report

@@ -1,30 +1,24 @@
-from dataclasses import replace
+import json
 
 import numpy as np
 import torch
 from PIL import Image
 
 from pipelines.models import folder_hash, load_pipeline
-from pipelines.train_generator import GeneratorConfig, build_vae, corpus, reconstruction_stats, run
+from pipelines.train_generator import GeneratorConfig, run
 
 # Narrow models and a few steps: what is tested is the loop, the saving and the loading, not the quality.
-TINY = dict(size=64, images=16, vae_channels=(8, 8, 8, 8), vae_batch=2, unet_channels=(16, 16, 32),
-            unet_batch=8, unet_lr=3e-3, vae_lr=3e-3, warmup=5, threads=1)
+TINY = dict(size=64, images=16, vae_channels=(8, 8, 8, 8), vae_batch=4, vae_crop=32, unet_channels=(16, 16, 32),
+            unet_batch=8, unet_lr=3e-3, vae_lr=3e-3, warmup=5, threads=1, decoder_steps=4, decoder_batch=2)
 
 
-def test_training_lowers_the_unet_loss_and_the_vae_error_and_saves_a_loadable_pipeline(tmp_path):
-    cfg = GeneratorConfig(out=str(tmp_path / "gen"), metrics=str(tmp_path / "metrics"), vae_steps=60,
-                          unet_steps=30, **{**TINY, "vae_lr": 1e-2})
+def test_training_lowers_both_losses_and_saves_a_loadable_pipeline(tmp_path):
+    cfg = GeneratorConfig(out=str(tmp_path / "gen"), metrics=str(tmp_path / "metrics"), vae_steps=30,
+                          unet_steps=30, **TINY)
     report = run(cfg)
-    first, last = report["unet_loss"][0][1], report["unet_loss"][-1][1]
-    assert last < 0.85 * first, report["unet_loss"]
-    # The VAE's training curve (2 different full frames a step) is too noisy to compare two points of;
-    # its held-out reconstruction is not: renders it never saw come back closer than through the
-    # same VAE untrained (measured 0.45 against 0.50).
-    held = corpus(replace(cfg, images=16, seed=cfg.seed + 1000))["images"]
-    torch.manual_seed(cfg.seed)
-    untrained = reconstruction_stats(build_vae(cfg).eval(), held)
-    assert report["vae_heldout"]["l1"] < 0.95 * untrained["l1"], (report["vae_heldout"], untrained)
+    for curve in (report["vae_loss"], report["unet_loss"]):
+        first, last = curve[0][1], curve[-1][1]
+        assert last < 0.85 * first, curve
     pipe = load_pipeline(cfg.out, device="cpu")
     assert abs(pipe.vae.config.scaling_factor - 1 / report["latent_std"]) < 1e-2 / report["latent_std"]
     assert pipe.unet.config.in_channels == 9 and pipe.controlnet.config.in_channels == 4
@@ -55,3 +49,50 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
                             vae_steps=2, unet_steps=2, **TINY))
         return folder_hash(tmp_path / name)
     assert build("a", 0) == build("b", 0) != build("c", 1)
+
+
+def test_decoder_finetune_changes_only_the_decoder_and_lowers_the_colour_loss():
+    from pipelines.train_generator import _colour_terms, _to_tensor, build_vae, corpus, encode, finetune_decoder
+
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(**{**TINY, "images": 8, "decoder_steps": 40, "decoder_batch": 4, "decoder_lr": 1e-2,
+                             "vae_edge": 0.0})  # a random decoder's edge error would dominate 40 steps
+    data = corpus(cfg)
+    vae = build_vae(cfg).requires_grad_(False)
+    lat = encode(vae, data)
+    lat["std"].zero_()  # a random encoder's posterior is mostly noise (std ~1): fit its means instead
+    fixed = {k: v.clone() for k, v in vae.state_dict().items() if k.startswith(("encoder.", "quant_conv."))}
+    decoder = vae.decoder.conv_out.weight.clone()
+    x = _to_tensor(data["images"])
+
+    def colour_loss():
+        with torch.no_grad():
+            return float(_colour_terms(vae.decode(lat["mean"]).sample, x))
+    before = colour_loss()
+    finetune_decoder(cfg, vae, data["images"], lat, torch.Generator().manual_seed(0))
+    after = colour_loss()
+    state = vae.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in fixed.items())  # the UNet's latent space is untouched
+    assert not torch.equal(state["decoder.conv_out.weight"], decoder)
+    assert after < 0.8 * before, (before, after)
+
+
+def test_adding_a_decoder_finetune_keeps_the_unet_and_equals_a_full_run(tmp_path):
+    """An existing model gets the decoder fine-tune without retraining the UNet, and ends up where a full
+    run with the fine-tune in its config would."""
+    from safetensors.torch import load_file
+
+    common = {**TINY, "vae_steps": 2, "unet_steps": 2, "decoder_steps": 3}
+    run(GeneratorConfig(out=str(tmp_path / "old"), metrics=str(tmp_path / "m0"), **{**common, "decoder_steps": 0}))
+    unet_before = (tmp_path / "old/unet/diffusion_pytorch_model.safetensors").read_bytes()
+    vae_before = load_file(tmp_path / "old/vae/diffusion_pytorch_model.safetensors")
+    stamp = tmp_path / "old/generator_config.json"  # as the first trained model wrote it: with out and metrics
+    stamp.write_text(json.dumps({**json.loads(stamp.read_text()), "out": "x", "metrics": "y"}))
+    report = run(GeneratorConfig(out=str(tmp_path / "old"), metrics=str(tmp_path / "m1"), **common))
+    assert report["decoder_only"] and "unet_loss" not in report
+    assert (tmp_path / "old/unet/diffusion_pytorch_model.safetensors").read_bytes() == unet_before
+    vae_after = load_file(tmp_path / "old/vae/diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(vae_after[k], v) == (not k.startswith(("decoder.", "post_quant_conv.")))
+               for k, v in vae_before.items())
+    run(GeneratorConfig(out=str(tmp_path / "full"), metrics=str(tmp_path / "m2"), **common))
+    assert folder_hash(tmp_path / "old") == folder_hash(tmp_path / "full")
