@@ -24,7 +24,7 @@ from PIL import Image  # noqa: E402
 
 from bench import timing  # noqa: E402
 from pipelines import generate, products, worker  # noqa: E402
-from pipelines.conditions import LayoutConfig, draw_layout, make_conditions  # noqa: E402
+from pipelines.conditions import Layout, LayoutConfig, make_conditions  # noqa: E402
 from pipelines.models import build_tiny  # noqa: E402
 
 
@@ -33,8 +33,7 @@ def bare(cfg, specs, prods):
     prompts = {p.id: p for p in cfg.prompts}
     t = time.perf_counter()
     pixels = {pid: np.asarray(Image.open(p["path"]).convert("RGBA")) for pid, p in prods.items()}
-    conds = [make_conditions(pixels[s["product_id"]], cfg.layout,
-                             draw_layout(cfg.layout, np.random.default_rng(s["seed"]))) for s in specs]
+    conds = [make_conditions(pixels[s["product_id"]], cfg.layout, Layout(**s["layout"])) for s in specs]
     for i in range(0, len(specs), cfg.batch_size):
         b, c = specs[i: i + cfg.batch_size], conds[i: i + cfg.batch_size]
         pipe(prompt=[prompts[s["prompt_id"]].prompt for s in b],

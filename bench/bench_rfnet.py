@@ -140,12 +140,9 @@ def as_targets(labels: list) -> tuple[torch.Tensor, np.ndarray]:
 # ---------------------------------------------------------------- training on cached features
 
 def build(mcfg, cache, variant: dict, last_stage: bool = False) -> nn.Module:
-    """RFNet over the cache; `ffm=False`: the caption joins the fusion as tokens, without the FFM."""
-    model = fusion_model(replace(mcfg, drop=variant.get("drop", ())), cache, last_stage)
-    if not variant.get("ffm", True):
-        model.ffm, model.use_ffm = nn.ModuleList(), False
-        model.modality = nn.Parameter(torch.zeros(len(model.images) + 1, mcfg.dim))
-    return model
+    """RFNet over the cache; `ffm=False`: no FFM blocks, so the caption joins the fusion as tokens."""
+    ffm = mcfg.ffm_blocks if variant.get("ffm", True) else 0
+    return fusion_model(replace(mcfg, drop=variant.get("drop", ()), ffm_blocks=ffm), cache, last_stage)
 
 
 def fit(cache, idx: np.ndarray, targets: torch.Tensor, tcfg: TrainConfig, variant: dict, lr: float, seed: int,

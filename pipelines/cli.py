@@ -273,7 +273,8 @@ def _summary(a):
     p = params.read(a.params)
     url = os.environ.get("LABEL_STUDIO_URL") or (p.get("labelstudio") or {}).get("url") or "http://127.0.0.1:8080"
     s = summary.collect(_data(a), (p.get("release") or {}).get("out", "releases"),
-                        (p.get("evaluate") or {}).get("out", "metrics/rfnet"), url)
+                        (p.get("evaluate") or {}).get("out", "metrics/rfnet"), url,
+                        (p.get("panel") or {}).get("failures", "metrics/failures.json"))
     if a.json:
         return s
     print(summary.text(s))

@@ -23,7 +23,8 @@ def _json(path: Path) -> dict | None:
         return None
 
 
-def collect(layout: Layout, releases: str | Path, metrics: str | Path, labelstudio_url: str) -> dict:
+def collect(layout: Layout, releases: str | Path, metrics: str | Path, labelstudio_url: str,
+            failures: str | Path = "metrics/failures.json") -> dict:
     con = Catalog(layout.base, releases).con
     one = lambda sql: con.execute(sql).fetchone()  # noqa: E731
     samples, batches = one("SELECT count(*), count(DISTINCT batch_id) FROM samples")
@@ -33,12 +34,15 @@ def collect(layout: Layout, releases: str | Path, metrics: str | Path, labelstud
     batches_labelled = [b for (b,) in con.execute("SELECT DISTINCT batch_id FROM consensus ORDER BY 1").fetchall()]
     agreement = {b: a for b in batches_labelled if (a := _json(layout.agreement(b))) is not None}
     evaluation = _json(Path(metrics) / "metrics.json") or {}
+    oracle = _json(Path(failures)) or {}  # annotate_gold's report: the oracle's rates over the batch
     return {
         "samples": samples, "batches": batches, "judgements": one("SELECT count(*) FROM labels")[0],
         "labelled": labelled, "undecided": labelled - decided,
         "usable_rate": available / decided if decided else None,
         "krippendorff_alpha": {b: a.get("krippendorff_alpha") for b, a in agreement.items()},
         "releases": [r["version"] + (" (current)" if r["current"] else "") for r in list_releases(releases)],
+        "oracle_available": oracle.get("available"),
+        "oracle_reasons": {k: v for k, v in oracle.items() if k not in ("samples", "available", "per_prompt")},
         "rfnet_ap": evaluation.get("ap"), "rfnet_f1": evaluation.get("f1"),
         "labelstudio": labelstudio_url, "dashboard": "make dashboard",
     }
@@ -53,6 +57,8 @@ def text(s: dict) -> str:
         ("labelled", f"{s['labelled']:,} samples ({s['undecided']:,} undecided)"),
         ("usable rate", pct(s["usable_rate"]) + (" of decided samples" if s["usable_rate"] is not None else "")),
         ("agreement", f"Krippendorff's alpha {alpha}" if alpha else "not yet"),
+        ("oracle", "not yet" if s["oracle_available"] is None else f"{pct(s['oracle_available'])} available; "
+         + ", ".join(f"{k} {pct(v)}" for k, v in sorted(s["oracle_reasons"].items(), key=lambda kv: -kv[1]))),
         ("RFNet", "not yet evaluated" if s["rfnet_ap"] is None
          else f"AP {pct(s['rfnet_ap'])}, F1 {pct(s['rfnet_f1'])} (available, test split)"),
         ("releases", ", ".join(s["releases"]) or "none yet"),

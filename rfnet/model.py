@@ -73,7 +73,8 @@ class RFNet(nn.Module):
         self.encoder = image_encoder(cfg.image_backbone, cfg.pretrained)
         self.proj = nn.Conv2d(self.encoder.out_channels, cfg.dim, 1)
         self.use_text = "caption" not in cfg.drop
-        self.use_ffm = self.use_text and "product" not in cfg.drop
+        # no FFM blocks (the -FFM ablation) means the caption joins as tokens, as when the product is dropped
+        self.use_ffm = self.use_text and "product" not in cfg.drop and cfg.ffm_blocks > 0
         if self.use_text:
             self.text = text_encoder(cfg.text_backbone)
             self.text_proj = nn.Linear(self.text.dim, cfg.dim)

@@ -18,9 +18,12 @@ def test_summary_reports_the_files_numbers(tmp_path, capsys):
     (data / "labels" / "b001" / "agreement.json").write_text(json.dumps({"krippendorff_alpha": None}))
     metrics.mkdir()
     (metrics / "metrics.json").write_text(json.dumps({"ap": 0.8758, "f1": 0.8583}))
+    (metrics / "failures.json").write_text(json.dumps({"samples": 10, "available": 0.5, "space_mismatch": 0.3,
+                                                       "size_mismatch": 0.2, "per_prompt": {}}))
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"data": str(data), "release": {"out": str(releases)},
-                                      "evaluate": {"out": str(metrics)}}))
+                                      "evaluate": {"out": str(metrics)},
+                                      "panel": {"failures": str(metrics / "failures.json")}}))
 
     assert main(["--params", str(params), "summary", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
@@ -34,12 +37,15 @@ def test_summary_reports_the_files_numbers(tmp_path, capsys):
     assert main(["--params", str(params), "summary"]) == 0
     text = capsys.readouterr().out
     assert "AP 87.6%" in text and "b000: 0.61, b001: undefined" in text and "make dashboard" in text
+    assert "50.0% available; space_mismatch 30.0%, size_mismatch 20.0%" in text
 
 
 def test_summary_of_a_fresh_clone_says_not_yet(tmp_path, capsys):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"data": str(tmp_path / "none"), "release": {"out": str(tmp_path / "r")},
-                                      "evaluate": {"out": str(tmp_path / "m")}}))  # not the repo's own metrics/
+                                      "evaluate": {"out": str(tmp_path / "m")},  # not the repo's own metrics/
+                                      "panel": {"failures": str(tmp_path / "m" / "failures.json")}}))
     assert main(["--params", str(params), "summary"]) == 0
     text = capsys.readouterr().out
     assert "0 in 0 batch(es)" in text and "not yet evaluated" in text and "none yet" in text
+    assert "oracle  not yet" in text

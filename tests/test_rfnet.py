@@ -69,6 +69,8 @@ def test_dropping_modalities_changes_the_inputs_used():
             assert torch.equal(changed, base) == (m in drop), (drop, m)
         # the caption reaches the logits through the FFM (with the product) or as tokens of its own
         assert torch.equal(_logits(model, images, other), base) == ("caption" in drop), (drop, "caption")
+    no_ffm = RFNet(replace(TINY, ffm_blocks=0))  # the -FFM ablation must still read the caption
+    assert not torch.equal(_logits(no_ffm, images, other), _logits(no_ffm, images, captions))
     base = RFNet(replace(TINY, drop=("product", "depth", "saliency", "caption")))
     assert base.images == ["image"] and not base.use_text and len(base.ffm) == 0
     with pytest.raises(ValueError, match="cannot drop"):
