@@ -109,7 +109,7 @@ def _encode_shard(batch_dir: Path, rows: list[dict], cfg: RFNetConfig, cache_dir
                                cfg.image_size, data_fingerprint(batch_dir, rows))).encode()).hexdigest()[:16]
     path = cache_dir / f"{batch_dir.name}-{Path(rows[0]['shard']).stem}-{key}.pt"
     if path.exists():
-        return torch.load(path, weights_only=False)
+        return torch.load(path, weights_only=True)  # plain tensors, strings and lists only
     if not encoders:
         encoder = image_encoder(cfg.image_backbone, cfg.pretrained).eval()
         encoders += [encoder, text_encoder(cfg.text_backbone).eval(), _trunk_and_last(encoder)]
