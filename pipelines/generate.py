@@ -7,6 +7,10 @@ skipped, so a re-run does only what is missing or stale and a killed run resumes
 exactly once. The fingerprint holds only the config fields marked `affects_output`: a field is
 operational (workers, threads, paths) unless it says otherwise, so adding a setting of that kind
 never invalidates finished shards, and a test keeps every recipe knob marked.
+
+`products` and `out` may be fsspec URLs (`s3://bucket/prefix`, `rf1m.storage`): planning reads the
+products and the finished shards' stats through it, each worker publishes its own shard to the
+bucket (so Ray nodes need no shared disk), and the batch files follow the last shard.
 """
 
 from __future__ import annotations
@@ -24,10 +28,8 @@ from pipelines import worker
 from pipelines.aux_maps import AuxConfig
 from pipelines.conditions import LayoutConfig, draw_layout
 from pipelines.engines import RayConfig, make_engine
-from pipelines.products import read_products
 from pipelines.scenes import NEGATIVE, PROMPTS
-from rf1m import schema, shards
-from rf1m.atomic import write_atomic, write_json
+from rf1m import schema, storage, tables
 from rf1m.quarantine import Record, to_jsonl
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9_]+$")
@@ -127,8 +129,8 @@ def plan(cfg: GenerateConfig, products: list[dict]) -> list[dict]:
     return specs
 
 
-def _file_sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _file_sha(path: str | Path) -> str:
+    return hashlib.sha256(storage.read_bytes(path)).hexdigest()
 
 
 def output_settings(cfg: GenerateConfig) -> dict:
@@ -147,54 +149,71 @@ def fingerprint(cfg: GenerateConfig, revisions: tuple[str, str], specs: list[dic
 
 
 def cut(cfg: GenerateConfig, specs: list[dict], products: dict[str, dict], revisions: tuple[str, str],
-        directory: Path) -> list[dict]:
+        directory: str) -> list[dict]:
     """The plan cut into jobs of `maxcount` samples, one shard each, with the products they use."""
     jobs = []
     for j in range(0, len(specs), cfg.maxcount):
         chunk = specs[j: j + cfg.maxcount]
         used = {s["product_id"]: products[s["product_id"]] for s in chunk}
-        jobs.append({"cfg": cfg, "dir": str(directory), "stem": f"shard-{j // cfg.maxcount:06d}", "specs": chunk,
+        jobs.append({"cfg": cfg, "dir": directory, "stem": f"shard-{j // cfg.maxcount:06d}", "specs": chunk,
                      "products": used, "revisions": revisions,
                      "fingerprint": fingerprint(cfg, revisions, chunk, {k: v["sha"] for k, v in used.items()})})
     return jobs
+
+
+def finished(directory: str, names: list[str], job: dict) -> bool:
+    """The job's stats (its completion marker) carry its fingerprint and every part they name is
+    there. It reads a listing, so it holds for a bucket prefix as for a folder."""
+    marker = f"{job['stem']}.stats.json"
+    if marker not in names:
+        return False
+    try:
+        stats = json.loads(storage.read_bytes(storage.join(directory, marker)))
+    except (OSError, ValueError):
+        return False
+    return stats.get("fingerprint") == job["fingerprint"] and all(p["tar"] in names for p in stats["parts"])
 
 
 def run(cfg: GenerateConfig) -> dict:
     """Plan the batch, let the engine's workers make the missing shards, sum up their stats."""
     from pipelines.models import resolve_revision
 
-    products = read_products(cfg.products)
+    products = storage.read_table(tables.PRODUCTS, storage.join(cfg.products, "products.parquet")).to_pylist()
     if not products:
         raise ValueError(f"no products in {cfg.products}: run the products stage first")
-    root = Path(cfg.products)
     by_id = {p["product_id"]: {"title": p["title"], "category": p["category"], "truncated": p["truncated"],
-                               "path": str(root / p["image"]), "sha": _file_sha(root / p["image"])}
+                               "path": storage.join(cfg.products, p["image"]),
+                               "sha": _file_sha(storage.join(cfg.products, p["image"]))}
              for p in products}
     base_revision = resolve_revision(cfg.base_model, cfg.revision)
     revisions = (base_revision, resolve_revision(cfg.controlnet_model, cfg.controlnet_revision)
                  if cfg.controlnet_model else base_revision)
-    directory = Path(cfg.out) / cfg.batch_id
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = storage.join(cfg.out, cfg.batch_id)
+    if storage.is_url(directory):
+        storage.sweep_tmp(directory)  # what a killed upload left; no worker runs yet
+    names = storage.list_names(directory)
     specs = plan(cfg, products)
     jobs = cut(cfg, specs, by_id, revisions, directory)
-    todo = [j for j in jobs if shards.completed_job(directory, j["stem"], j["fingerprint"]) is None]
+    todo = [j for j in jobs if not finished(directory, names, j)]
     # Shards left from a bigger earlier plan would duplicate nothing but would be stale: remove them.
     stems = [j["stem"] for j in jobs]
-    for f in directory.glob("shard-*"):
-        if f.name[:12] not in stems:
-            f.unlink()
+    for name in names:
+        if name.startswith("shard-") and name[:12] not in stems:
+            storage.remove(storage.join(directory, name))
     done = len(specs) - sum(len(t["specs"]) for t in todo)
     with tqdm(total=len(specs), initial=done, desc=f"generate {cfg.batch_id}", unit="img") as bar:
         for _ in make_engine(cfg.engine, cfg.workers, cfg.ray).map(worker.run_job, todo, bar.update):
             pass
     quarantined, count = [], 0
     for stem in stems:
-        stats = json.loads(shards.job_stats_path(directory, stem).read_text())
+        stats = json.loads(storage.read_bytes(storage.join(directory, f"{stem}.stats.json")))
         quarantined += [Record(**r) for r in stats.get("quarantined", [])]
         count += stats["count"]
-    write_atomic(directory / "quarantine.jsonl", to_jsonl(quarantined).encode())
+    # the batch files after every shard: batch.json is the batch's completion marker
+    storage.put_atomic(storage.join(directory, "quarantine.jsonl"), to_jsonl(quarantined).encode())
     summary = {"batch_id": cfg.batch_id, "samples": count, "shards": len(stems),
                "quarantined": len(quarantined), "model_revision": base_revision,
                "controlnet_revision": revisions[1]}
-    write_json(directory / "batch.json", summary)
+    storage.put_atomic(storage.join(directory, "batch.json"),
+                       json.dumps(summary, indent=1, sort_keys=True, ensure_ascii=False).encode())
     return {**summary, "generated_now": len(specs) - done}

@@ -4,12 +4,17 @@ A worker process owns the loaded models (loaded once, reused by every job it run
 a sample's pixels are made; it knows nothing of planning. Its members and recipe are built from the
 schema (`rf1m.schema.MEMBERS`, `RECIPE`), so a member or recipe field the schema gains and the
 worker does not make fails loudly here instead of writing a sample that lacks it.
+
+A job whose folder is a URL (`generate.out: s3://...`) writes its shard exactly as into a local
+folder, in a temporary one, and then publishes it (`publish`): no node needs a shared disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
+import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +24,7 @@ from PIL import Image
 
 from pipelines.aux_maps import AuxMaps
 from pipelines.conditions import Conditions, Layout, make_conditions, paste_back
-from rf1m import schema, shards
+from rf1m import schema, shards, storage
 from rf1m.quarantine import Record, Rejected
 
 if TYPE_CHECKING:
@@ -104,8 +109,43 @@ def members_of(arrays: dict[str, np.ndarray]) -> dict[str, bytes]:
     return out
 
 
+def _remove_published(url: str, stem: str) -> None:
+    """`shards.remove_job` on a bucket prefix, completion marker first: from the first delete on,
+    no reader or planner takes what is left of the shard for a finished one."""
+    mine = [n for n in storage.list_names(url) if n.startswith((f"{stem}-", f"{stem}."))]
+    for name in sorted(mine, key=storage.marker_rank, reverse=True):
+        storage.remove(storage.join(url, name))
+
+
+def publish(local: Path, url: str, stem: str) -> None:
+    """Put a finished local shard under `url`: what an earlier attempt left goes first, then every file
+    through `storage.put_all` (all uploaded, then copied into place), each tar before its sidecar (as
+    `ShardWriter` renames them) and the stats (the completion marker) last. A failure takes back what
+    it put, so none of the shard's final names is left; a worker killed while uploading leaves only
+    temporaries (swept by the next run's planner), one killed among the copies leaves parts without
+    their marker, which the planner redoes and this removes."""
+    files = sorted(local.iterdir(), key=lambda p: (storage.marker_rank(p.name), p.suffix != ".tar", p.name))
+    _remove_published(url, stem)
+    try:
+        storage.put_all([(storage.join(url, p.name), p) for p in files])
+    except BaseException:
+        with contextlib.suppress(Exception):
+            _remove_published(url, stem)
+        raise
+
+
 def run_job(job: dict, progress=None) -> dict:
     """Generate one shard. Top-level so a process pool can pickle it."""
+    if not storage.is_url(job["dir"]):
+        return write_shard(job, Path(job["dir"]), progress)
+    with tempfile.TemporaryDirectory(prefix=f"rf1m-{job['stem']}-") as tmp:
+        stats = write_shard(job, Path(tmp), progress)
+        publish(Path(tmp), job["dir"], job["stem"])
+    return stats
+
+
+def write_shard(job: dict, directory: Path, progress=None) -> dict:
+    """The job's shard in a local folder."""
     import torch
 
     cfg: GenerateConfig = job["cfg"]
@@ -113,7 +153,7 @@ def run_job(job: dict, progress=None) -> dict:
     pipe, aux = load_models(cfg, job["revisions"])
     shared = batch_recipe(cfg, pipe, job["revisions"])
     prompts = {p.id: p for p in cfg.prompts}
-    directory, stem = Path(job["dir"]), job["stem"]
+    stem = job["stem"]
     shards.remove_job(directory, stem)
     writer = shards.ShardWriter(directory, stem, cfg.maxcount, cfg.maxsize, cfg.durable)
     rejected: list[Record] = []
@@ -124,7 +164,8 @@ def run_job(job: dict, progress=None) -> dict:
         for s in specs[i: i + cfg.batch_size]:
             prod = job["products"][s["product_id"]]
             if s["product_id"] not in product_px:
-                product_px[s["product_id"]] = np.asarray(Image.open(prod["path"]).convert("RGBA"))
+                product_px[s["product_id"]] = np.asarray(
+                    Image.open(io.BytesIO(storage.read_bytes(prod["path"]))).convert("RGBA"))
             try:
                 c = make_conditions(product_px[s["product_id"]], cfg.layout, Layout(**s["layout"]))
             except Rejected as r:

@@ -159,21 +159,6 @@ def finish_job(directory: Path, stem: str, fingerprint: str, parts: list[dict], 
     return stats
 
 
-def completed_job(directory: Path, stem: str, fingerprint: str) -> dict | None:
-    """The job's stats if it finished with this fingerprint and all its parts are present."""
-    path = job_stats_path(directory, stem)
-    try:
-        stats = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if stats.get("fingerprint") != fingerprint:
-        return None
-    for p in stats["parts"]:
-        if not (Path(directory) / p["tar"]).exists():
-            return None
-    return stats
-
-
 def remove_job(directory: Path, stem: str) -> None:
     """Delete every trace of a job (complete parts, temporaries, stats) before it is redone."""
     for f in Path(directory).glob(f"{stem}*"):

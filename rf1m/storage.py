@@ -17,18 +17,21 @@ things are not free on object storage, and this module is where they are paid fo
   printed, and no other credential source is consulted (no `~/.aws` files, no instance-metadata
   credentials).
 
-Local paths pass straight through to `rf1m.atomic`, so local behaviour is unchanged.
+Local paths pass straight through to `rf1m.atomic` (and plain file reads), so a stage written
+against these few functions (`read_bytes`, `read_table`, `list_names`, `remove`, `put_atomic`) takes
+a folder or a bucket prefix alike and behaves locally exactly as before.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
+import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from rf1m import atomic
+from rf1m import atomic, tables
 
 TMP_INFIX = ".tmp-"  # temporary keys: <name>.tmp-<hex>
 # completion markers, written by upload_tree after everything else, in this order (a shard is done
@@ -68,8 +71,53 @@ def filesystem(url: str):
     return fs, path
 
 
-def _join(url: str, *parts: str) -> str:
-    return "/".join([url.rstrip("/"), *parts])
+def join(base: str | Path, *parts: str) -> str:
+    """`base/part/...` for a folder or a URL alike (a URL is not a `Path`: it would lose a slash)."""
+    return "/".join([str(base).rstrip("/"), *parts])
+
+
+def read_bytes(path: str | Path) -> bytes:
+    if not is_url(path):
+        return Path(path).read_bytes()
+    fs, p = filesystem(str(path))
+    return fs.cat_file(p)
+
+
+def read_table(table: tables.Table, path: str | Path):
+    """`tables.read` for a URL too: the file is fetched into a temporary folder and read there, and a
+    contract error names the URL, not the temporary copy."""
+    if not is_url(path):
+        return tables.read(table, path)
+    with tempfile.TemporaryDirectory(prefix="rf1m-read-") as d:
+        local = Path(d) / str(path).rsplit("/", 1)[-1]
+        local.write_bytes(read_bytes(path))
+        try:
+            return tables.read(table, local)
+        except tables.ContractError as e:
+            raise tables.ContractError(str(e).replace(str(local), str(path))) from None
+
+
+def list_names(folder: str | Path) -> list[str]:
+    """The names directly under a folder or prefix (temporaries included); none when it is absent."""
+    if not is_url(folder):
+        return sorted(p.name for p in Path(folder).iterdir()) if Path(folder).is_dir() else []
+    fs, path = filesystem(str(folder))
+    try:
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+    except FileNotFoundError:
+        return []
+
+
+def remove(path: str | Path) -> None:
+    """Delete one file or object; an absent one is no error."""
+    if not is_url(path):
+        Path(path).unlink(missing_ok=True)
+        return
+    fs, p = filesystem(str(path))
+    try:
+        fs.rm_file(p)
+    except FileNotFoundError:
+        pass
 
 
 def put_atomic(url: str | Path, data: bytes | Callable) -> str:
@@ -82,21 +130,37 @@ def put_atomic(url: str | Path, data: bytes | Callable) -> str:
                     fn(f)
             return str(atomic.write_atomic(url, write_file))
         return str(atomic.write_atomic(url, data))
-    fs, path = filesystem(str(url))
-    tmp = f"{path}{TMP_INFIX}{uuid.uuid4().hex[:12]}"
-    try:
-        if callable(data):
-            with fs.open(tmp, "wb") as f:
-                data(f)
-        else:
-            fs.pipe_file(tmp, bytes(data))
-        fs.copy(tmp, path)
-    finally:
-        try:
-            fs.rm_file(tmp)
-        except FileNotFoundError:
-            pass
+    put_all([(str(url), data)])
     return str(url)
+
+
+def put_all(items: list[tuple[str, bytes | Callable | Path]]) -> None:
+    """Publish several objects (bytes, a writer function, or a local file streamed up) in two phases:
+    every one is uploaded to its temporary key first (the slow part), then all are copied into place
+    server-side in the order given, then the temporaries deleted. A writer killed while uploading
+    leaves temporaries only; one that fails leaves none, and of the final names only those copied
+    before the failure (so put a completion marker last)."""
+    staged = []
+    try:
+        for url, data in items:
+            fs, path = filesystem(url)
+            tmp = f"{path}{TMP_INFIX}{uuid.uuid4().hex[:12]}"
+            staged.append((fs, tmp, path))
+            if isinstance(data, Path):
+                fs.put_file(str(data), tmp)
+            elif callable(data):
+                with fs.open(tmp, "wb") as f:
+                    data(f)
+            else:
+                fs.pipe_file(tmp, bytes(data))
+        for fs, tmp, path in staged:
+            fs.copy(tmp, path)
+    finally:
+        for fs, tmp, _ in staged:
+            try:
+                fs.rm_file(tmp)
+            except FileNotFoundError:
+                pass
 
 
 def sweep_tmp(url: str) -> list[str]:
@@ -127,7 +191,7 @@ def upload_tree(local: str | Path, url: str, progress: Callable[[int], None] | N
     done = []
     for p in files:
         rel = p.relative_to(local).as_posix()
-        put_atomic(_join(url, rel), p.read_bytes())
+        put_atomic(join(url, rel), p.read_bytes())
         done.append(rel)
         if progress:
             progress(1)

