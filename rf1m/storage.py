@@ -180,14 +180,15 @@ def marker_rank(rel: str) -> int:
 
 def upload_tree(local: str | Path, url: str, progress: Callable[[int], None] | None = None) -> list[str]:
     """Publish a local folder (a batch's shards, a labels folder, a release) under `url`: each file
-    atomically, completion markers last, local temporaries (`*.tmp`) skipped. Re-running overwrites
+    atomically, tars before the sidecars that index them, completion markers last, local temporaries
+    (`*.tmp`) skipped. Re-running overwrites
     every object with the same bytes under the same name, so it never duplicates."""
     local = Path(local)
     if not local.is_dir():
         raise FileNotFoundError(f"{local}: no such folder to upload")
     sweep_tmp(url)
     files = sorted((p for p in local.rglob("*") if p.is_file() and not p.name.endswith(atomic.TMP)),
-                   key=lambda p: (marker_rank(p.name), str(p)))
+                   key=lambda p: (marker_rank(p.name), p.suffix != ".tar", str(p)))  # a tar before its sidecar
     done = []
     for p in files:
         rel = p.relative_to(local).as_posix()

@@ -136,6 +136,19 @@ def test_a_killed_uploaders_temporaries_are_swept_and_never_read_as_data(s3, sma
     assert not [k for k in keys_under(url) if storage.TMP_INFIX in k]
 
 
+def test_upload_puts_each_tar_before_its_sidecar_and_the_markers_last(tmp_path, monkeypatch):
+    """A reader that finds a sidecar must find the tar it indexes: an upload killed between the two
+    must leave the tar alone, not the sidecar (which sorts first by name)."""
+    src = tmp_path / "batch"
+    src.mkdir()
+    for name in ("shard-000000-00.parquet", "shard-000000-00.tar", "shard-000000.stats.json", "batch.json"):
+        (src / name).write_bytes(b"x")
+    order = []
+    monkeypatch.setattr(storage, "put_atomic", lambda url, data: order.append(Path(url).name))
+    storage.upload_tree(src, str(tmp_path / "out"))
+    assert order == ["shard-000000-00.tar", "shard-000000-00.parquet", "shard-000000.stats.json", "batch.json"]
+
+
 def member_bytes(tars) -> dict[tuple[str, str], bytes]:
     out = {}
     for t in tars:
