@@ -12,6 +12,14 @@ calibrated on the trained offline generator (`bench/bench_failures.py`). Every a
 noise: thresholds jittered by up to ±`jitter`, a `flip` probability of reversing the verdict and a
 `miss` probability of dropping a reason.
 
+Pre-labels are confirmed or fixed the way Label Studio 1.23's editor records it: an annotation begun from a
+task's prediction carries `parent_prediction` (the prediction's id), whether it was submitted as it was or
+changed. When the annotator's own judgement equals the pre-label, it submits the prediction's result
+unchanged; otherwise its own (pull marks only the unchanged ones `prediction_accepted`). Lead time is
+simulated, not measured: judging from scratch takes U(2, 12) s; confirming a pre-label it agrees with
+takes `ACCEPT_TIME` of that (it still looks at the advert, but picks nothing); fixing one takes the
+full time plus `FIX_EXTRA_S` to clear what was pre-filled.
+
 The rules without noise are the oracle (`write_gold`): one row per sample with its features
 (rf1m.tables.ORACLE, for evaluation only), the gold answer key as its projection, and a failure report
 per prompt x reason.
@@ -30,13 +38,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from annotation.client import Client, LabelStudioError
-from annotation.config import SIMULATED_FIRST_NAME, choice_result
+from annotation.config import REASONS, SIMULATED_FIRST_NAME, VERDICT, choice_result
 from annotation.rules import REASON_ORDER, Rules, features, implied_height, judge, norm_height
 from rf1m import shards, tables
 from rf1m.atomic import write_json
 from rf1m.paths import DATA_ROOT, Layout
 
 DOMAIN = "panel.rf1m.local"
+ACCEPT_TIME = 0.4  # confirming an agreed pre-label: this share of judging from scratch (simulated)
+FIX_EXTRA_S = 1.0  # fixing one: judging from scratch plus clearing the pre-filled choices, s (simulated)
 
 
 @dataclass(frozen=True)
@@ -149,6 +159,25 @@ def write_gold(cfg: PanelConfig, root: str | Path = DATA_ROOT) -> dict:
             "available_rate": report["available"]}
 
 
+def shown(prediction: dict) -> tuple[str | None, list[str]]:
+    """The verdict and (sorted) reasons a Label Studio prediction pre-fills: what the annotator is shown."""
+    got = {r["from_name"]: r["value"].get("choices") or [] for r in prediction.get("result") or []}
+    return (got.get(VERDICT) or [None])[0], sorted(got.get(REASONS, []))
+
+
+def submission(verdict: str, reasons: list[str], scratch_s: float, prediction: dict | None) -> tuple[dict, str]:
+    """What the annotator submits (result, lead time and, when it began from a pre-label, the prediction it
+    began from) and how: "scratch" (no pre-label), "accepted" (its own judgement equals the pre-label,
+    whose result goes back unchanged) or "fixed"."""
+    if prediction is None:
+        return {"result": choice_result(verdict, reasons), "lead_time": scratch_s}, "scratch"
+    if shown(prediction) == (verdict, sorted(reasons)):
+        return {"result": prediction["result"], "lead_time": round(ACCEPT_TIME * scratch_s, 2),
+                "parent_prediction": prediction["id"]}, "accepted"
+    return {"result": choice_result(verdict, reasons), "lead_time": round(scratch_s + FIX_EXTRA_S, 2),
+            "parent_prediction": prediction["id"]}, "fixed"
+
+
 def assign(task_id: int, overlap: int, n: int) -> list[int]:
     """Which annotators label a task: deterministic, spread evenly."""
     start = int(hashlib.sha256(str(task_id).encode()).hexdigest(), 16) % n
@@ -167,16 +196,17 @@ def run(cfg: PanelConfig, project_id: int, client: Client | None = None) -> dict
     for task in tqdm(tasks, desc="simulated annotators", unit="task"):
         done = {by_id.get(a["completed_by"]) for a in task.get("annotations") or []}
         f = feats[task["data"]["key"]]
+        prediction = (task.get("predictions") or [None])[0]  # the pre-label Label Studio pre-fills
         for idx in assign(task["id"], task.get("overlap") or 1, len(panel)):
             ann = panel[idx]
             ann.rng.seed(f"{cfg.seed}/{ann.email}/{task['data']['task_key']}")  # same task, same judgement
             verdict, reasons = ann.label(f)
             if ann.email in done:
                 continue
+            sub, how = submission(verdict, reasons, round(ann.rng.uniform(2.0, 12.0), 2), prediction)
             client.call("annotations.create", client.ls.annotations.create, task["id"], retry=False,
-                        result=choice_result(verdict, reasons), completed_by=users[ann.email],
-                        lead_time=round(ann.rng.uniform(2.0, 12.0), 2))
+                        completed_by=users[ann.email], **sub)
             posted.append({"task_key": task["data"]["task_key"], "annotator": ann.email, "verdict": verdict,
-                           "reasons": reasons})
+                           "reasons": reasons, "lead_time": sub["lead_time"], "how": how})
     return {"project_id": project_id, "tasks": len(tasks), "annotations_posted": len(posted),
             "annotators": [a.email for a in panel], "posted": posted}

@@ -161,9 +161,12 @@ STAGES = (
           "train RFNet on a release; checkpoints in <out>/{last,best}", extra=_train_flags),
     Stage(("rfnet", "eval"), "evaluate", "rfnet.evaluate:EvalConfig", "rfnet.evaluate:run",
           "the paper's metrics on a split, at the checkpoint's validated threshold"),
-    Stage(("prelabel",), "prelabel", "rfnet.predict:PrelabelConfig", "rfnet.predict:run",
+    Stage(("prelabel",), "prelabel", "pipelines.prelabel:PrelabelConfig", "pipelines.prelabel:run",
           "RFNet predictions for a batch (attached by annotate push)",
-          "Run RFNet over a batch's shards and write <out>/<batch>.parquet (key, model_version, p_<class>)."),
+          "Run RFNet over a batch's shards and write <out>/<batch>.parquet (key, model_version, p_<class>). "
+          "One job per shard on the engine (--engine local with --workers processes, or --engine ray with "
+          "--ray.actors actors); each worker loads the checkpoint once. The table is the same, row for row, "
+          "on every engine."),
     Stage(("cyclic",), "cyclic", "pipelines.cyclic:CyclicConfig", "pipelines.cyclic:run",
           "generate a batch by resampling each product x prompt until RFNet accepts it (up to K tries)",
           "Per product x prompt: generate, compute aux maps, let RFNet judge at its validated threshold; "
@@ -309,6 +312,13 @@ def _client(a):
     return Client(_ls_config(a).url)  # the credentials `up` made (environment or .env)
 
 
+def _annotate_acceptance(a):
+    from annotation import acceptance
+
+    at = _data(a)
+    return acceptance.report(at.labels(a.batch), at.predictions(a.batch), a.baseline and at.labels(a.baseline))
+
+
 def _annotate_ml_backend(a):
     from annotation import ml_backend, push
 
@@ -346,6 +356,8 @@ def _release(a):
         return stage.promote(a.version, root)
     if a.action == "diff":
         d = release.diff(a.version, a.other, root)
+        if a.out:  # the whole diff, every key (the printout keeps 20 of each)
+            write_json(Path(a.out), d)
         return {**{k: d[k] for k in ("old", "new", "label_deltas")},
                 **{k: {"count": len(d[k]), "keys": d[k][:20]} for k in ("added", "removed", "relabelled")}}
     return release.list_releases(root)
@@ -439,6 +451,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "for a backend on 127.0.0.1)")
     ml.set_defaults(fn=_annotate_ml_backend)
 
+    ac = subs["annotate"].add_parser("acceptance", help="how often annotators accepted RFNet's pre-labels "
+                                     "unchanged, and the lead time that saved (from labels.parquet)",
+                                     description="Read BATCH's labels.parquet (pulled from Label Studio) and "
+                                     "<data>/predictions/BATCH.parquet: the share of pre-labelled judgements "
+                                     "accepted unchanged and their mean lead time, against --baseline, a batch "
+                                     "judged without pre-labels.")
+    ac.add_argument("batch", help="the batch pushed with pre-labels")
+    ac.add_argument("--baseline", metavar="BATCH", help="a batch labelled without pre-labels (e.g. round 1's)")
+    ac.add_argument("--data", help="data root (default: params data)")
+    ac.set_defaults(fn=_annotate_acceptance)
+
     for action, text in (("verify", "recompute every sha256 of VERSION's manifest"),
                          ("promote", "verify VERSION and make it what load_dataset(\"rf1m\") loads (rewrites "
                           "rf1m/README.md beside the releases folder)"),
@@ -449,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
             rp.add_argument("version", nargs="?", help="release version, e.g. v0.1")
         if action == "diff":
             rp.add_argument("other", nargs="?", help="the newer version")
-        rp.set_defaults(fn=_release, action=action, version=None, other=None)
+            rp.add_argument("--out", metavar="FILE", help="also write the whole diff (every key) as JSON")
+        rp.set_defaults(fn=_release, action=action, version=None, other=None, out=None)
     return p
 
 

@@ -28,10 +28,12 @@ from rfnet.model import CLASSES
 @torch.no_grad()
 def predict(model, loader, desc: str = "predict") -> tuple[list[str], np.ndarray, np.ndarray | None]:
     model.eval()
+    dev = next(model.parameters()).device  # the batch goes where the model is (a GPU actor's cuda)
     keys, probs, targets = [], [], []
     for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
-        logits = model(batch["images"], model.tokenize(batch["captions"]))
-        probs.append(torch.softmax(logits, dim=1).numpy())
+        images = {m: x.to(dev) for m, x in batch["images"].items()}
+        logits = model(images, {k: v.to(dev) for k, v in model.tokenize(batch["captions"]).items()})
+        probs.append(torch.softmax(logits, dim=1).float().cpu().numpy())
         keys += batch["keys"]
         if "target" in batch:
             targets.append(batch["target"].numpy())

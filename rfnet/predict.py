@@ -47,14 +47,31 @@ def run(cfg: PrelabelConfig) -> dict:
 
 
 def prelabel(model, meta: dict, cfg: PrelabelConfig) -> dict:
+    keys, probs = score(model, meta, batch_shards(cfg), cfg.batch_size, cfg.workers, f"prelabel {cfg.batch_id}")
+    return write_predictions(meta, cfg, keys, probs)
+
+
+def batch_shards(cfg: PrelabelConfig) -> list[str]:
+    """The batch's shard tars in name order, the order the predictions table lists their samples in."""
     urls = sorted(str(p) for p in (Path(cfg.shards) / cfg.batch_id).glob("*.tar"))
     if not urls:
         raise ValueError(f"no shards for batch {cfg.batch_id!r} in {cfg.shards}")
+    return urls
+
+
+def score(model, meta: dict, urls: list[str], batch_size: int, workers: int, desc: str) -> tuple[list[str], np.ndarray]:
+    """Keys and class probabilities of the samples of `urls`, in shard order; `workers` loader processes
+    decode (0: this process does)."""
     # one worker per shard list split: webdataset hands each worker its own shards, so nothing repeats
     loader = torch.utils.data.DataLoader(shard_samples(urls, meta["model"]["image_size"]),
-                                         batch_size=cfg.batch_size, collate_fn=collate,
-                                         num_workers=min(cfg.workers, len(urls)))
-    keys, probs, _ = predict(model, loader, desc=f"prelabel {cfg.batch_id}")
+                                         batch_size=batch_size, collate_fn=collate,
+                                         num_workers=min(workers, len(urls)))
+    keys, probs, _ = predict(model, loader, desc=desc)
+    return keys, probs
+
+
+def write_predictions(meta: dict, cfg: PrelabelConfig, keys: list[str], probs: np.ndarray) -> dict:
+    """The predictions table of `cfg`'s batch from scored samples, and the run's summary."""
     threshold = meta["decision"]["threshold"]
     rows = predictions_rows(keys, probs, meta["model_version"], threshold)
     out = tables.write(tables.PREDICTIONS, rows, Path(cfg.out) / f"{cfg.batch_id}.parquet")

@@ -3,7 +3,8 @@
 Ray binds every interface and probes cloud-metadata addresses even with usage stats off, so it is
 never started in the test process itself: `python -m tests.ray_scenarios ARGS.json` runs under
 `unshare -n` with only `lo` up, one Ray session for every scenario (start-up costs ~5 s on 2 cores),
-and writes what it saw to the JSON file named in ARGS for the tests to judge.
+and writes what it saw to the JSON file named in ARGS for the tests to judge. ARGS `scenario`:
+"prelabel" runs the prelabel stage alone; without it, the generate scenarios run.
 """
 
 from __future__ import annotations
@@ -58,20 +59,37 @@ def kill_mid_job(batch: Path, report: dict) -> None:
         time.sleep(0.02)
 
 
+def prelabel(args: dict, report: dict) -> None:
+    """The prelabel stage on two actors (tests/test_prelabel.py's uneven batch: three shards)."""
+    from pipelines import prelabel
+    from pipelines.engines import RayConfig
+
+    tmp = Path(args["tmp"])
+    report["prelabel"] = prelabel.run(prelabel.PrelabelConfig(
+        checkpoint=args["checkpoint"], batch_id="u", shards=str(tmp / "shards"), out=str(tmp / "ray"), engine="ray",
+        ray=RayConfig(actors=2)))
+
+
 def main(args: dict) -> None:
     import ray
     import torch
 
     torch.set_num_threads(1)
+    report: dict = {}
+    t0 = time.time()
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20, log_to_driver=False)
+    report["init_s"] = time.time() - t0
+    {"prelabel": prelabel}.get(args.get("scenario"), generate_scenarios)(args, report)
+    ray.shutdown()
+    Path(args["report"]).write_text(json.dumps(report))
+
+
+def generate_scenarios(args: dict, report: dict) -> None:
     from pipelines import generate
     from pipelines.engines import RayConfig, RayEngine
     from tests.conftest import small_config
 
     tmp, model = Path(args["tmp"]), Path(args["model"])
-    report: dict = {}
-    t0 = time.time()
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20, log_to_driver=False)
-    report["init_s"] = time.time() - t0
 
     # 1. the generate stage on two actors, to compare with the local engine's batch
     cfg = small_config(tmp, model, out=str(tmp / "ray-shards"), engine="ray", ray=RayConfig(actors=2))
@@ -89,8 +107,6 @@ def main(args: dict) -> None:
     report["killed_run"] = generate.run(cfg)
     killer.join()
     report["rerun"] = generate.run(cfg)
-    ray.shutdown()
-    Path(args["report"]).write_text(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ def rf1m(*args, cwd=None):
 @pytest.mark.parametrize("cmd", [[], ["products"], ["models", "tiny"], ["generate"], ["catalog", "query"],
                                  ["catalog", "snapshot"], ["labelstudio"], ["annotate", "push"], ["annotate", "gold"],
                                  ["annotate", "simulate"], ["annotate", "pull"], ["annotate", "consensus"],
-                                 ["annotate", "ml-backend"], ["release"], ["release", "compile"],
+                                 ["annotate", "ml-backend"], ["annotate", "acceptance"], ["release"], ["release", "compile"],
                                  ["release", "verify"], ["release", "promote"], ["rfnet"], ["rfnet", "train"],
                                  ["rfnet", "eval"], ["prelabel"], ["regenerate"]])
 def test_every_subcommand_has_help(cmd, capsys):

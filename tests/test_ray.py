@@ -1,5 +1,5 @@
 """The Ray engine: the same shards as the local engine, one model load per actor, and every sample
-exactly once after an actor is killed mid-shard.
+exactly once after an actor is killed mid-shard; prelabel writes the local engine's table.
 
 Ray runs in a loopback-only network namespace (`unshare -n`, `lo` up): on a normal host it listens
 on every interface and probes cloud-metadata addresses. That needs root or user namespaces; where
@@ -24,6 +24,7 @@ pytest.importorskip("ray", reason="the Ray engine needs the cluster extra: pip i
 
 from pipelines import generate, products  # noqa: E402
 from tests.conftest import small_config  # noqa: E402
+from tests.test_prelabel import uneven_setup  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # a network namespace with loopback only, and a PID namespace, so every Ray process ends (and is
@@ -42,14 +43,10 @@ def netns_prefix() -> list[str]:
     return [*UNSHARE, "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
 
 
-@pytest.fixture(scope="module")
-def ray_run(tmp_path_factory, tiny_model):
-    """The local engine's batch, then every Ray scenario in one namespace and one Ray session."""
-    tmp = tmp_path_factory.mktemp("ray")
-    products.run(products.ProductsConfig(count=3, size=96, out=str(tmp / "products")))
-    local = generate.run(small_config(tmp, tiny_model, out=str(tmp / "local-shards")))
+def run_scenarios(tmp: Path, args: dict) -> dict:
+    """`tests.ray_scenarios` with `args` in a loopback-only namespace; the report it wrote."""
     ray_tmp = tempfile.mkdtemp(prefix="rf1m-ray-")  # short: Ray's socket paths must fit in 107 bytes
-    args = {"tmp": str(tmp), "model": str(tiny_model), "report": str(tmp / "report.json")}
+    args = {**args, "tmp": str(tmp), "report": str(tmp / "report.json")}
     (tmp / "args.json").write_text(json.dumps(args))
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled",  # no one else can reach it
            "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
@@ -59,7 +56,16 @@ def ray_run(tmp_path_factory, tiny_model):
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return tmp, local, json.loads((tmp / "report.json").read_text())
+    return json.loads((tmp / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def ray_run(tmp_path_factory, tiny_model):
+    """The local engine's batch, then every generate scenario in one namespace and one Ray session."""
+    tmp = tmp_path_factory.mktemp("ray")
+    products.run(products.ProductsConfig(count=3, size=96, out=str(tmp / "products")))
+    local = generate.run(small_config(tmp, tiny_model, out=str(tmp / "local-shards")))
+    return tmp, local, run_scenarios(tmp, {"model": str(tiny_model)})
 
 
 def members(batch: Path) -> dict[tuple[str, str], bytes]:
@@ -107,3 +113,26 @@ def test_killed_actor_is_restarted_and_every_sample_is_written_once(ray_run):
     keys = Counter(k for k, name in members(batch) if name == "recipe.json")
     assert len(keys) == 6 and set(keys.values()) == {1}
     assert not list(batch.glob("*.tmp")), "a temporary of the killed attempt was left behind"
+
+
+@pytest.fixture(scope="module")
+def ray_prelabel(small_batch, tmp_path_factory):
+    """Prelabel of the uneven batch (tests/test_prelabel.py) on two Ray actors, and on one local process."""
+    from pipelines import prelabel
+
+    root, ck = uneven_setup(small_batch, tmp_path_factory.mktemp("prelabel"))
+    local = prelabel.run(prelabel.PrelabelConfig(checkpoint=str(ck), batch_id="u", shards=str(root / "shards"),
+                                                 out=str(root / "local")))
+    return root, local, run_scenarios(root, {"scenario": "prelabel", "checkpoint": str(ck)})
+
+
+def test_prelabel_on_ray_writes_the_local_table_with_one_model_load_per_actor(ray_prelabel):
+    from rf1m import tables
+
+    root, local, report = ray_prelabel
+    got = report["prelabel"]
+    assert got["samples"] == local["samples"] == 32 and got["shards"] == 3
+    # the same bytes in every column: shards put back in name order (the first one finishes last)
+    assert tables.read(tables.PREDICTIONS, got["predictions"]).equals(tables.read(tables.PREDICTIONS, local["predictions"]))
+    # three shards on two actors: one load per actor, not one per shard
+    assert got["processes"] == 2 and got["model_loads"] == 2
