@@ -177,6 +177,12 @@ STAGES = (
           "Only the ControlNet trains. Early stopping and the kept <out>/controlnet are chosen on held-out "
           "oracle-labelled products; a re-run resumes from <out>/last. Use the result with "
           "generate.controlnet_model: <out>/controlnet."),
+    Stage(("rfft-eval",), "rfft_eval", "pipelines.rfft_eval:RFFTEvalConfig", "pipelines.rfft_eval:run",
+          "the base generator and the rfft stage's ControlNet on held-out products, judged by the oracle and RFNet",
+          "Both arms sample the same test products x prompts x seeds (paired). Writes <out>: per arm the oracle's "
+          "and RFNet's available rates with Wilson 95% intervals, their agreement (its fall = reward hacking), "
+          "fixed/broken vs the base with a product-bootstrap interval, diversity within and between prompts, "
+          "and cyclic's expected attempts 1/p; `rounds`: the rfft stage's validation history."),
 )
 
 

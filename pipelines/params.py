@@ -47,6 +47,8 @@ DERIVED: dict[str, typing.Callable[[Layout, str, dict], dict]] = {
                                                                "out": at.shards_root}},
     "rfft": lambda at, b, p: {"products": at.products, **{k: v for k, v in (p.get("generate") or {}).items() if k in (
         "base_model", "device", "steps", "guidance", "controlnet_scale", "layout", "aux", "prompts")}},
+    # rfft_eval evaluates what the rfft section trained, with the same products, generator and judge
+    "rfft_eval": lambda at, b, p: {"rfft": merge(derived("rfft", p), p.get("rfft") or {})},
 }
 
 

@@ -20,7 +20,7 @@ def rf1m(*args, cwd=None):
                                  ["annotate", "simulate"], ["annotate", "pull"], ["annotate", "consensus"],
                                  ["annotate", "ml-backend"], ["annotate", "acceptance"], ["release"], ["release", "compile"],
                                  ["release", "verify"], ["release", "promote"], ["rfnet"], ["rfnet", "train"],
-                                 ["rfnet", "eval"], ["prelabel"], ["regenerate"]])
+                                 ["rfnet", "eval"], ["prelabel"], ["regenerate"], ["cyclic"], ["rfft"], ["rfft-eval"]])
 def test_every_subcommand_has_help(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args([*cmd, "--help"])

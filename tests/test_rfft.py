@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from pipelines import products, rfft
 from pipelines.aux_maps import spectral_residual
@@ -166,3 +167,52 @@ def test_killed_run_resumes_to_the_same_weights_and_the_controlnet_drops_into_ge
         return shards.member_bytes(d, rows[0], "image")
 
     assert first_image("base") != first_image("tuned")  # the fine-tuned weights are the ones used
+
+
+def test_paired_difference_and_wilson_interval():
+    from pipelines import rfft_eval
+
+    base = np.array([0, 0, 1, 1, 0, 0], bool)
+    arm = np.array([1, 1, 1, 0, 1, 1], bool)
+    p = rfft_eval.paired(base, arm, ["a", "a", "b", "b", "c", "c"], boot=500)
+    assert (p["fixed"], p["broken"], p["diff"]) == (4, 1, 0.5)
+    # per product the differences are (1, 1), (0, -1), (1, 1): a resample of products spans -0.5 .. 1
+    assert -0.5 <= p["ci95"][0] < 0.5 < p["ci95"][1] <= 1.0
+    assert rfft_eval.wilson(50, 100) == [0.4038, 0.5962]
+    lo, hi = rfft_eval.wilson(0, 20)  # the normal interval would say [0, 0]
+    assert lo == 0.0 and 0.15 < hi < 0.17
+
+
+def test_rfft_eval_pairs_every_arm_with_the_base_and_the_stage_reads_params(setup_dir, tiny_model, tmp_path):
+    from diffusers import ControlNetModel
+
+    from pipelines import params, rfft_eval
+
+    cfg = config(setup_dir, tiny_model, "whole", prompts=(Prompt("kitchen", "a product on a marble table"),
+                                                          Prompt("beach", "a product on a beach at sunset")))
+    rfft.run(config(setup_dir, tiny_model, "whole"))  # trained by the resume test when it ran first
+    same = tmp_path / "same"
+    ControlNetModel.from_pretrained(tiny_model / "controlnet").save_pretrained(same)
+    tuned = str(setup_dir / "whole" / "last" / "controlnet")
+    res = rfft_eval.evaluate_arms(cfg, {"base": None, "same": str(same), "tuned": tuned}, seeds=3, boot=100)
+    assert (res["test_products"], res["generations_per_arm"]) == (1, 6)  # p00000 x 2 prompts x 3 seeds
+    base, copy, tuned_arm = (res["arms"][k] for k in ("base", "same", "tuned"))
+    assert "paired_vs_base" not in base
+    # the base's own ControlNet from a folder: same items, seeds and layout, so the same images and verdicts
+    assert copy["paired_vs_base"] == {"fixed": 0, "broken": 0, "diff": 0.0, "ci95": [0.0, 0.0]}
+    assert copy["diversity"]["change_vs_base"] == {"within_prompt": 0.0, "between_prompts": 0.0}
+    assert copy["oracle"] == base["oracle"] and copy["rfnet"] == base["rfnet"]
+    # the fine-tuned one paints other images (its weights are the ones used)
+    assert tuned_arm["diversity"]["within_prompt"] != base["diversity"]["within_prompt"]
+    pv = tuned_arm["paired_vs_base"]
+    assert pv["fixed"] - pv["broken"] == round(pv["diff"] * 6)
+
+    # the stage: the rfft section's products, generator and judge, derived from the top of params.yaml
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump({"data": str(tmp_path / "d"), "generate": {"base_model": "m1", "steps": 3},
+                                 "rfft": {"checkpoint": "j1"}, "rfft_eval": {"seeds": 4}}))
+    ec = params.load("rfft_eval", rfft_eval.RFFTEvalConfig, p)
+    assert (ec.rfft.products, ec.rfft.base_model, ec.rfft.steps, ec.rfft.checkpoint, ec.seeds) == (
+        str(tmp_path / "d" / "products"), "m1", 3, "j1", 4)
+    with pytest.raises(FileNotFoundError, match="run `rf1m rfft` first"):
+        rfft_eval.run(replace(ec, controlnet=str(tmp_path / "none")))
