@@ -11,7 +11,7 @@ sample of that product. Reported: the oracle's available rate (target 40-75%), e
 (every reason must occur), per prompt x reason rates, the fixable share (target >= 0.5), and the
 simulated panel's agreement with the oracle (Krippendorff's alpha on the verdict, and pairwise).
 
-    nice -n 5 .venv/bin/python bench/bench_failures.py [--products 25] [--seeds 5] [--main 2]
+    nice -n 5 .venv/bin/python bench/bench_failures.py [--products 25] [--seeds 8] [--main 2]
 Writes bench/results/failures.json.
 """
 
@@ -97,9 +97,11 @@ def rates(verdicts: list[tuple[str, list[str]]]) -> dict:
             **{x: round(sum(x in r for _, r in verdicts) / max(n, 1), 3) for x in REASON_ORDER}}
 
 
-def dependence(feats: dict, oracle: dict, main_keys: list[str]) -> dict:
+def dependence(feats: dict, oracle: dict, main_keys: list[str], seed_index: dict[int, int]) -> dict:
     """Share of the not-available main samples for which the same product and layout gives an available
-    sample under another seed of the same prompt, or under any seed of another prompt; per reason too."""
+    sample under another seed of the same prompt, or under any seed of another prompt; per reason too.
+    `by_other_seeds`: the first share when only the first n other seeds (by seed index) are tried,
+    n = 1 .. all: how the answer depends on how many seeds one asks."""
     groups = defaultdict(list)
     for k, f in feats.items():
         groups[f["product_id"], f["prompt_id"]].append(k)
@@ -117,6 +119,11 @@ def dependence(feats: dict, oracle: dict, main_keys: list[str]) -> dict:
                      for s, x in zip(by_seed, f)]
         out[name] = {"samples": len(ks), "fixed_by_other_seed": round(float(np.mean(by_seed)), 3) if ks else None,
                      "fixed_by_other_seed_or_prompt": round(float(np.mean(by_prompt)), 3) if ks else None}
+    others = {k: sorted((o for o in groups[feats[k]["product_id"], feats[k]["prompt_id"]] if o != k),
+                        key=lambda o: seed_index[feats[o]["seed"]]) for k in bad}
+    most = max((len(v) for v in others.values()), default=0)
+    out["by_other_seeds"] = {n: round(float(np.mean([any(oracle[o][0] == "available" for o in others[k][:n])
+                                                     for k in bad])), 3) for n in range(1, most + 1)} if bad else {}
     return out
 
 
@@ -144,7 +151,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="models/scene-generator")
     ap.add_argument("--products", type=int, default=25)
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--main", type=int, default=2)
     ap.add_argument("--generate-only", action="store_true")
     a = ap.parse_args()
@@ -164,7 +171,7 @@ def main():
         "samples": len(main_keys), "all_samples": len(feats), "rules": vars(pcfg.rules),
         "oracle": rates([oracle[k] for k in main_keys]), "reason_counts": {x: counts[x] for x in REASON_ORDER},
         "per_prompt": {p: rates([oracle[k] for k in main_keys if feats[k]["prompt_id"] == p]) for p in PROMPTS},
-        "dependence": dependence(feats, oracle, main_keys),
+        "dependence": dependence(feats, oracle, main_keys, seed_index),
         "panel_vs_oracle": panel_agreement(pcfg, feats, main_keys, oracle),
         "ground_detector_vs_rendered_truth": detector_error(gcfg),
         "targets": {"available": [0.40, 0.75], "every_reason": True, "fixed_by_other_seed_or_prompt": 0.5},
