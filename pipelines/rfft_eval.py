@@ -162,7 +162,10 @@ def run(cfg: RFFTEvalConfig) -> dict:
         raise FileNotFoundError(f"no ControlNet at {cfg.controlnet}: run `rf1m rfft` first")
     res = evaluate_arms(cfg.rfft, {"base": None, "rfft": cfg.controlnet}, cfg.seeds, cfg.boot)
     history = Path(cfg.rfft.metrics) / "train.json"
-    res["rounds"] = [{"round": 1, "history": json.loads(history.read_text())["history"]}] if history.exists() else []
+    trained = json.loads(history.read_text()) if history.exists() else None
+    res["rounds"] = [{"round": 1, "history": trained["history"]}] if trained else []
+    if trained:  # step 0: validation never improved on the base, so the kept ControlNet is the base's
+        res["arms"]["rfft"]["kept_step"] = trained["best"]["step"]
     write_json(cfg.out, res)
     for name, a in res["arms"].items():
         print(f"{name}: oracle {a['oracle']['rate']:.3f} {a['oracle']['ci95']}, rfnet {a['rfnet']['rate']:.3f}, "

@@ -4,6 +4,7 @@ the regulariser measures, the saved ControlNet in the generate pipeline, and res
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -216,3 +217,11 @@ def test_rfft_eval_pairs_every_arm_with_the_base_and_the_stage_reads_params(setu
         str(tmp_path / "d" / "products"), "m1", 3, "j1", 4)
     with pytest.raises(FileNotFoundError, match="run `rf1m rfft` first"):
         rfft_eval.run(replace(ec, controlnet=str(tmp_path / "none")))
+    # run() writes the file: base and rfft arms, the training history as round 1, the kept step
+    out = tmp_path / "eval.json"
+    rfft_eval.run(rfft_eval.RFFTEvalConfig(rfft=cfg, controlnet=tuned, seeds=1, out=str(out), boot=10))
+    written = json.loads(out.read_text())
+    trained = json.loads((setup_dir / "whole" / "metrics" / "train.json").read_text())
+    assert set(written["arms"]) == {"base", "rfft"} and written["generations_per_arm"] == 2
+    assert written["rounds"] == [{"round": 1, "history": trained["history"]}]
+    assert written["arms"]["rfft"]["kept_step"] == trained["best"]["step"]
