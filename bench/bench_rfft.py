@@ -79,11 +79,12 @@ def main() -> None:
     def save(name, res):  # after every arm: a long run keeps what it measured
         arms[name] = {**res, **({"training": training[name]} if name in training else {})}
         print(name, {k: res[k] for k in ("oracle", "rfnet", "judge_oracle_agreement")}, flush=True)
-        rec.data.update(arms=arms, rounds=rounds)
-        rec.save(arms=arms)
+        rec.data.update(arms=arms, rounds=rounds)  # issue 12 names the keys at the top level of rfft.json
+        rec.save()
 
     res = rfft_eval.evaluate_arms(cfg, controlnets, a.seeds, on_arm=save)
-    rec.save(arms=arms, test_products=res["test_products"], generations_per_arm=res["generations_per_arm"])
+    rec.data.update(test_products=res["test_products"], generations_per_arm=res["generations_per_arm"])
+    rec.save()
 
 
 if __name__ == "__main__":
