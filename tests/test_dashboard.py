@@ -177,15 +177,31 @@ def test_generation_cyclic_rates_and_rfft_not_yet_run(app, fixture_roots):
     assert any("RFFT not yet run" in i.value for i in at.info)
 
 
-def test_generation_shows_rfft_before_and_after(app, fixture_roots, tmp_path, monkeypatch):
-    rfft = tmp_path / "rfft.json"
-    rfft.write_text(json.dumps({"before": {"ava_rfnet": 0.564, "ava_people": 0.701},
-                                "after": {"ava_rfnet": 0.855, "ava_people": 0.863}}))
+def test_generation_shows_rfft_eval_arms(app, fixture_roots, tmp_path, monkeypatch):
+    """The table reads what `rf1m rfft-eval` and bench_rfft write (the page used to expect a
+    before/after shape that nothing wrote, and showed their files as raw JSON)."""
+    from pipelines.rfft_eval import wilson
+
+    def arm(k, n, r, fixed=None):
+        out = {"oracle": {"rate": k / n, "ci95": wilson(k, n)}, "rfnet": {"rate": r, "ci95": [0, 1]},
+               "judge_oracle_agreement": 0.7, "diversity": {"within_prompt": 0.4, "between_prompts": 0.16},
+               "attempts": {"rfnet": round(1 / r, 3), "oracle": round(n / k, 3)}}
+        return out | ({"paired_vs_base": {"fixed": fixed, "broken": 2, "diff": 0.1, "ci95": [0, 0.2]}} if fixed else {})
+
+    rfft = tmp_path / "eval.json"
+    rfft.write_text(json.dumps({"test_products": 4, "generations_per_arm": 32,
+                                "arms": {"base": arm(14, 32, 0.25), "rfft": arm(19, 32, 0.5, fixed=7)}}))
     monkeypatch.setenv("RF1M_RFFT", str(rfft))
     at = app.switch_page("views/generation.py").run()
     clean(at)
-    shown = at.dataframe[-1].value.set_index("metric")
-    assert shown.loc["ava_rfnet", "change"] == pytest.approx(0.855 - 0.564)
+    shown = at.dataframe[-1].value.set_index("arm")
+    assert shown.loc["rfft", "oracle_rate"] == pytest.approx(19 / 32)
+    assert shown.loc["rfft", "oracle 95% CI"] == "{:.3f}-{:.3f}".format(*wilson(19, 32))
+    assert shown.loc["rfft", "fixed vs base"] == 7 and shown.loc["base", "expected cyclic attempts"] == 4.0
+    assert any("32 paired generations per arm on 4 held-out test products" in c.value for c in at.caption)
+    rfft.write_text(json.dumps({"before": {"ava_rfnet": 0.5}, "after": {"ava_rfnet": 0.8}}))  # another shape
+    at = app.switch_page("views/generation.py").run()
+    assert any("is not rfft-eval's shape" in w.value for w in at.warning)
 
 
 def test_releases_contents_and_diff(app, fixture_roots):

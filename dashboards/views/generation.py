@@ -1,4 +1,4 @@
-"""Cyclic generation (every attempt, from the attempts table) and RFFT before/after (its bench result)."""
+"""Cyclic generation (every attempt, from the attempts table) and RFFT's arms against the base (rfft-eval's file)."""
 
 import json
 import os
@@ -37,8 +37,9 @@ else:
     ui.table(tries, "tries_until_kept")
     ui.table(data.frame(GENERATION["by batch"]), "cyclic_by_batch")
 
-st.subheader("RFFT: before and after")
-rfft = Path(os.environ.get("RF1M_RFFT", "bench/results/rfft.json"))
+st.subheader("RFFT: the arms against the base")
+# rf1m rfft-eval's file (make demo); bench/bench_rfft.py writes the same shape with more arms
+rfft = Path(os.environ.get("RF1M_RFFT", "metrics/rfft/eval.json"))
 try:
     result = json.loads(rfft.read_text())
 except FileNotFoundError:
@@ -46,11 +47,17 @@ except FileNotFoundError:
 except ValueError as e:
     st.warning(f"`{rfft}` is not JSON ({e}).")
 else:
-    before, after = result.get("before"), result.get("after")
-    if isinstance(before, dict) and isinstance(after, dict):
-        names = [n for n in before if isinstance(before[n], (int, float)) and isinstance(after.get(n), (int, float))]
-        ui.table(pd.DataFrame({"metric": names, "before": [before[n] for n in names],
-                               "after": [after[n] for n in names],
-                               "change": [after[n] - before[n] for n in names]}), "rfft")
+    try:
+        rows = [{"arm": name, "oracle_rate": a["oracle"]["rate"], "oracle 95% CI": "{:.3f}-{:.3f}".format(*a["oracle"]["ci95"]),
+                 "rfnet_rate": a["rfnet"]["rate"], "judge-oracle agreement": a["judge_oracle_agreement"],
+                 "fixed vs base": a.get("paired_vs_base", {}).get("fixed"),
+                 "broken vs base": a.get("paired_vs_base", {}).get("broken"),
+                 "diversity within prompt": a["diversity"]["within_prompt"],
+                 "diversity between prompts": a["diversity"]["between_prompts"],
+                 "expected cyclic attempts": a["attempts"]["rfnet"]} for name, a in result["arms"].items()]
+    except (AttributeError, KeyError, TypeError) as e:
+        st.warning(f"`{rfft}` is not rfft-eval's shape (no arms with oracle, rfnet, diversity, attempts: {e!r}).")
     else:
-        st.json(result)
+        st.caption(f"{result.get('generations_per_arm', '?')} paired generations per arm on "
+                   f"{result.get('test_products', '?')} held-out test products; the oracle stands in for people.")
+        ui.table(pd.DataFrame(rows), "rfft")
