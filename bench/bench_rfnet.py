@@ -26,6 +26,8 @@ threshold chosen on validation for precision 0.9.
     nice -n 10 .venv/bin/python bench/bench_rfnet.py                 # the full run (see RESULTS.md)
     .venv/bin/python bench/bench_rfnet.py --prepare-only              # only generate the shards
     .venv/bin/python bench/bench_rfnet.py --products 30 --repeats 1   # a smoke run on a subset
+    .venv/bin/python bench/bench_rfnet.py --no-generate --epochs 4 --batch-size 64 --export-judge DIR
+        # no CV: one RFNet on RFFT's train + val products, a judge for bench_rfft --checkpoint DIR
 """
 
 from __future__ import annotations
@@ -301,6 +303,31 @@ def write_results_md(res: dict, path: Path = RESULTS_MD) -> None:
     path.write_text(text)
 
 
+def export_judge(bench: Bench, lr: float, out: Path, salt: str = "rfft") -> dict:
+    """An RFNet checkpoint for RFFT and cyclic generation, trained on this bench's samples of the products
+    RFFT trains and validates on (`rfft.split_of` train + val), so RFFT's test products stay unseen by the
+    judge too. The threshold is chosen on 20% of those products (their 1-2-vote labels) for the target
+    precision, as `rfnet train` chooses it; the encoders are the pretrained ones the checkpoint rebuilds."""
+    from pipelines.rfft import split_of
+    from rfnet import checkpoint
+    from rfnet.model import RFNet
+
+    seen = np.array([split_of(p, salt) != "test" for p in bench.products])
+    rest, val = grouped_split(bench.products, np.flatnonzero(seen), 0.2, 11)
+    fusion = fit(bench.cache, bench.usable(rest), bench.train_t, bench.tcfg, {}, lr, seed=11)
+    val = bench.usable(val)
+    decision = {**choose_threshold(predict(fusion, bench.cache, val), bench.train_t[val].numpy(),
+                                   bench.tcfg.target_precision), "source": "bench_rfnet --export-judge validation"}
+    model = RFNet(bench.tcfg.model)
+    missing, unexpected = model.load_state_dict(fusion.state_dict(), strict=False)
+    rebuilt = checkpoint.rebuilt_prefixes(model.cfg)
+    if unexpected or any(not k.startswith(rebuilt) for k in missing):
+        raise RuntimeError(f"fusion and RFNet disagree: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    checkpoint.save(out, model.eval(), decision=decision)
+    return {"checkpoint": str(out), "train_samples": len(bench.usable(rest)), "val_samples": len(val),
+            "products": int(len(set(np.array(bench.products)[seen]))), "decision": decision}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=ROOT)
@@ -317,6 +344,8 @@ def main() -> None:
     ap.add_argument("--boot", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-results-md", action="store_true")
+    ap.add_argument("--export-judge", type=Path, default=None, metavar="DIR",
+                    help="instead of the CV: train one RFNet on RFFT's train + val products, save a checkpoint to DIR")
     a = ap.parse_args()
     batches = {b: a.root / "shards" / b for b in BATCHES} if a.no_generate else prepare(a.root)
     if a.prepare_only:
@@ -348,6 +377,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     res["random_ap"] = mean_sd([average_precision(bench.y[t], rng.random(len(t)))
                                 for r in range(a.repeats) for t in grouped_folds(bench.products, a.folds, r)])
+    if a.export_judge:  # the learning rate the full run chose on validation (bench/results/rfnet_cv.json)
+        print(export_judge(bench, 1e-3 / 3, a.export_judge))
+        return
     res["tuning"] = tuning = bench.tune()  # before any test prediction
     lrs = {"full": tuning["full"]["lr"], "image_only": tuning["image_only"]["lr"]}
     lap("labels + tuning")
