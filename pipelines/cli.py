@@ -61,7 +61,8 @@ def _generate(cfg, a):
         from pipelines.sheet import contact_sheet
 
         path = contact_sheet(cfg.base_model, a.grid, size=cfg.layout.size, steps=cfg.steps, guidance=cfg.guidance,
-                             seed=cfg.seed, device=cfg.device)
+                             seed=cfg.seed, device=cfg.device, controlnet_model=cfg.controlnet_model,
+                             controlnet_scale=cfg.controlnet_scale)
         return {"contact_sheet": str(path)}
     from pipelines import generate
 

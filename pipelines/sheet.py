@@ -19,7 +19,7 @@ from pipelines.scenes import NEGATIVE, PROMPTS
 
 
 def sample_grid(pipe, prompts: dict[str, str] = PROMPTS, columns: int = 6, size: int = 128, steps: int = 8,
-                guidance: float = 7.5, seed: int = 0, layout: LayoutConfig | None = None):
+                guidance: float = 7.5, seed: int = 0, layout: LayoutConfig | None = None, controlnet_scale: float = 0.5):
     """{prompt id: [(image HxWx3 uint8 with the product pasted back, mask HxW uint8), ...]}.
 
     Products come from the synthetic catalog with a seed the demo catalog does not use, so a trained
@@ -37,7 +37,8 @@ def sample_grid(pipe, prompts: dict[str, str] = PROMPTS, columns: int = 6, size:
         out = pipe(prompt=[text] * columns, negative_prompt=[NEGATIVE] * columns,
                    image=[c.init_image() for c in conds], mask_image=[Image.fromarray(c.mask) for c in conds],
                    control_image=[c.control_image() for c in conds], height=size, width=size,
-                   num_inference_steps=steps, guidance_scale=guidance, output_type="np",
+                   num_inference_steps=steps, guidance_scale=guidance, controlnet_conditioning_scale=controlnet_scale,
+                   output_type="np",
                    generator=[torch.Generator("cpu").manual_seed(seed * 1000 + c) for c in range(columns)]).images
         rows[pid] = [(paste_back(np.round(o * 255).astype(np.uint8), c.product), c.mask)
                      for o, c in zip(out, conds)]
@@ -60,10 +61,12 @@ def write_sheet(rows: dict[str, list[np.ndarray]], path: str | Path, label_width
 
 
 def contact_sheet(base_model: str, path: str | Path, columns: int = 6, size: int = 128, steps: int = 8,
-                  guidance: float = 7.5, seed: int = 0, device: str = "auto") -> Path:
-    """Load `base_model` (a local folder or a hub id) and write its contact sheet to `path`."""
+                  guidance: float = 7.5, seed: int = 0, device: str = "auto", controlnet_model: str | None = None,
+                  controlnet_scale: float = 0.5) -> Path:
+    """Load `base_model` (a local folder or a hub id) with `controlnet_model` (None: the folder's own) and
+    write its contact sheet to `path`, at the ControlNet scale `generate` uses."""
     from pipelines.models import load_pipeline
 
-    pipe = load_pipeline(base_model, device=device)
-    rows = sample_grid(pipe, PROMPTS, columns, size, steps, guidance, seed)
+    pipe = load_pipeline(base_model, controlnet_model, device=device)
+    rows = sample_grid(pipe, PROMPTS, columns, size, steps, guidance, seed, controlnet_scale=controlnet_scale)
     return write_sheet({k: [im for im, _ in v] for k, v in rows.items()}, path)

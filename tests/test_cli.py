@@ -122,3 +122,26 @@ def test_generate_grid_writes_one_row_per_prompt_preset(tmp_path, tiny_model, ca
     rows = [sheet[64 * i:64 * (i + 1), 72:] for i in range(len(PROMPTS))]
     assert all(r.std() > 5 for r in rows)  # images, not blank strips
     assert not (tmp_path / "shards").exists()
+
+
+def test_generate_grid_uses_the_given_controlnet(tmp_path, tiny_model):
+    """`--grid --controlnet-model X` used to ignore X (and sample at the pipeline's scale 1.0, not
+    generate's): a fine-tuned ControlNet could not be looked at."""
+    import numpy as np
+    import torch
+    from diffusers import ControlNetModel
+    from PIL import Image
+
+    cn = ControlNetModel.from_pretrained(tiny_model / "controlnet")
+    with torch.no_grad():  # a fresh ControlNet's output convolutions are zero (a no-op): wake them up
+        for block in [*cn.controlnet_down_blocks, cn.controlnet_mid_block]:
+            for p in block.parameters():
+                p.add_(torch.randn_like(p) * 0.5, alpha=1.0)
+    cn.save_pretrained(tmp_path / "cn")
+    sheets = {}
+    for name, extra in (("own", []), ("given", ["--controlnet-model", str(tmp_path / "cn")])):
+        out = tmp_path / f"{name}.png"
+        assert main(["generate", "--grid", str(out), "--base-model", str(tiny_model), "--steps", "2",
+                     "--layout.size", "64", *extra]) == 0
+        sheets[name] = np.asarray(Image.open(out)).astype(int)
+    assert np.abs(sheets["own"] - sheets["given"]).mean() > 1
