@@ -22,6 +22,7 @@ import ipaddress
 import os
 import secrets
 import signal
+import shutil
 import socket
 import subprocess
 import sys
@@ -99,10 +100,15 @@ def install(cfg: ServerConfig) -> Path:
     if not exe.exists():
         print(f"installing label-studio=={LS_VERSION} into {cfg.venv} (its own venv; about 1 GB) ...",
               file=sys.stderr)
-        pip = str(Path(cfg.venv) / "bin" / "pip")
-        subprocess.run([sys.executable, "-m", "venv", cfg.venv], check=True)
-        subprocess.run([pip, "install", "-q", "--upgrade", "pip"], check=True)
-        subprocess.run([pip, "install", "-q", f"label-studio=={LS_VERSION}"], check=True)
+        uv = shutil.which("uv", path=str(Path(sys.executable).parent))  # `make install` puts it beside python
+        py = str(Path(cfg.venv) / "bin" / "python")
+        if uv:  # about 30 s against pip's 3 to 4 min (README, installs)
+            subprocess.run([uv, "venv", "-q", "--python", sys.executable, cfg.venv], check=True)
+            subprocess.run([uv, "pip", "install", "-q", "--python", py, f"label-studio=={LS_VERSION}"], check=True)
+        else:
+            subprocess.run([sys.executable, "-m", "venv", cfg.venv], check=True)
+            subprocess.run([py, "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
+            subprocess.run([py, "-m", "pip", "install", "-q", f"label-studio=={LS_VERSION}"], check=True)
     return exe
 
 

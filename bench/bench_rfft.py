@@ -7,15 +7,24 @@ pipelines/rfft_eval.py's (the rfft_eval stage's): oracle and RFNet rates with Wi
 judge-oracle agreement, paired fixed/broken vs the base with a product-bootstrap interval, diversity
 within and between prompts, expected cyclic attempts.
 The trained arms are evaluated with their final weights (`last`) and, when early stopping kept
-another checkpoint, with the kept one (`<out>/controlnet`) too. Rounds of the loop (relabel, retrain
-RFNet, continue) are not run here: `rounds` lists each trained arm's validation history instead.
+another checkpoint, with the kept one (`<out>/controlnet`) too.
 
-    .venv/bin/python bench/bench_rfft.py --products /tmp/h6/data/products --out /tmp/h6/bench --steps 40
+`--rounds R` runs the loop of issue 12 for each arm: `--steps` of RFFT per round; between rounds the
+fine-tuned generator samples every train + val product (never a test one) x prompt, real shards through
+`generate` with their aux maps; the oracle labels them (standing in for people: the round-2 stages
+show the same labels going through Label Studio; here they skip it); RFNet is retrained from the cached
+features of bench_rfnet's batch (its 1-2-vote panel labels) plus every round's samples so far, and RFFT
+continues from its checkpoint with that judge. `rounds` holds each round's validation history and judge.
+
+    .venv/bin/python bench/bench_rfft.py --products ~/.cache/rf1m-bench-rfnet/products_cv \
+        --checkpoint ~/.cache/rf1m-bench-rfnet/judge --out ~/.cache/rf1m-bench-rfft-rounds \
+        --arms rfft --rounds 4 --steps 40 --lr 1e-3 --seeds 6 --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -28,6 +37,55 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.timing import Record  # noqa: E402
 
 ARMS = {"rfft": {"regulariser": "cc"}, "no_constraint": {"regulariser": "none"}, "kl": {"regulariser": "kl"}}
+
+
+def retrain_judge(a, cfg, out: Path, r: int, pool: dict | None) -> tuple[dict, dict]:
+    """Between rounds r and r + 1: sample the train + val products with the fine-tuned ControlNet, label
+    by the oracle, retrain RFNet on everything labelled so far. Returns (the pool of cached samples and
+    targets, what was trained)."""
+    import numpy as np
+
+    from annotation import panel
+    from bench import bench_rfnet as br
+    from pipelines import generate, params, rfft
+    from pipelines.products import read_products
+    from rf1m import tables
+    from rfnet.data import target
+    from rfnet.features import encode_batch
+    from rfnet.train import TrainConfig
+
+    tcfg = params.load("rfnet", TrainConfig, "params.yaml", {"batch_size": 64, "epochs": 4})  # bench_rfnet's
+    if pool is None:  # bench_rfnet's batch and its 1-2-vote labels: what the first judge was trained on
+        cache = br.encode_batch(br.ROOT / "shards" / "cv", tcfg.model, br.ROOT / "features")
+        t, ok = br.as_targets(br.panel_labels(br.ROOT, "cv", cache["keys"])["train"])
+        pool = {"cache": cache, "targets": t, "ok": ok}
+    seen = out / "rounds" / "products"  # train + val products only: the test ones stay unseen by the judge
+    if not (seen / "products.parquet").exists():
+        rows = [x for x in read_products(cfg.products) if rfft.split_of(x["product_id"], cfg.split_salt) != "test"]
+        (seen / "images").mkdir(parents=True, exist_ok=True)
+        for x in rows:
+            shutil.copyfile(Path(cfg.products) / x["image"], seen / x["image"])
+        tables.write(tables.PRODUCTS, rows, seen / "products.parquet")
+    batch, root = f"round{r}", out / "rounds" / "shards"
+    gcfg = generate.GenerateConfig(batch_id=batch, products=str(seen), out=str(root), base_model=cfg.base_model,
+                                   controlnet_model=str(out / "last" / "controlnet"), steps=cfg.steps,
+                                   guidance=cfg.guidance, controlnet_scale=cfg.controlnet_scale, seeds=1, seed=1000 + r,
+                                   prompts=cfg.prompts, layout=cfg.layout, aux=cfg.aux, batch_size=8, threads=a.threads)
+    generate.run(gcfg)
+    new = encode_batch(root / batch, tcfg.model, br.ROOT / "features")
+    pcfg = params.load("panel", panel.PanelConfig, "params.yaml", {"batch_id": batch, "shards": str(root)})
+    feats = panel.sample_features(pcfg)
+    verdicts = [panel.judge(feats[k], pcfg.rules) for k in new["keys"]]
+    cache = {k: (torch.cat([pool["cache"][k], new[k]]) if isinstance(new[k], torch.Tensor)
+                 else None if new[k] is None else pool["cache"][k] + new[k]) for k in new}
+    pool = {"cache": cache, "targets": torch.cat([pool["targets"], torch.stack([target(*v) for v in verdicts])]),
+            "ok": np.concatenate([pool["ok"], np.ones(len(verdicts), bool)])}
+    info = br.train_judge(cache, pool["targets"], pool["ok"], cache["product_id"], tcfg, a.judge_lr,
+                          out / "rounds" / f"judge{r + 1}", cfg.split_salt)
+    info.update(new_samples=len(verdicts), new_oracle_available=round(float(np.mean([v[0] == "available" for v in verdicts])), 4),
+                pool_samples=len(cache["keys"]))
+    print(f"round {r}: judge retrained {info}", flush=True)
+    return pool, info
 
 
 def main() -> None:
@@ -46,9 +104,12 @@ def main() -> None:
     ap.add_argument("--train-seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of the loop per arm (relabel, retrain RFNet, continue)")
+    ap.add_argument("--name", default="rfft", help="bench/results/<name>.json")
+    ap.add_argument("--judge-lr", type=float, default=1e-3 / 3, help="RFNet retraining (bench_rfnet's CV choice)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    rec = Record("rfft", vars(a))
+    rec = Record(a.name, vars(a))
 
     from pipelines import params, products, rfft, rfft_eval
 
@@ -67,13 +128,19 @@ def main() -> None:
             out = Path(a.out) / key
             arm_cfg = replace(cfg, **ARMS[name], seed=seed, out=str(out), metrics=str(out / "metrics"))
             t = time.time()
-            trained = rfft.run(arm_cfg)
+            judge, pool = a.checkpoint, None
+            for r in range(1, a.rounds + 1):
+                trained = rfft.run(replace(arm_cfg, checkpoint=judge, max_steps=r * a.steps))
+                if r < a.rounds:
+                    pool, info = retrain_judge(a, arm_cfg, out, r, pool)
+                    judge = info["checkpoint"]
+                    trained["judges"][-1]["retrained"] = info  # what the next round's judge was made from
             training[key] = {"steps": trained["steps"], "seconds": round(time.time() - t, 1),
                              "kept_step": trained["best"]["step"]}
             controlnets[key] = str(out / "last" / "controlnet")  # the final weights
             if trained["best"]["step"] not in (0, trained["steps"]):  # early stopping kept another
                 controlnets[f"{key}_kept"] = str(out / "controlnet")
-            rounds.append({"arm": key, "round": 1, "history": trained["history"]})
+            rounds += [{"arm": key, **x} for x in rfft_eval.rounds_of(trained)]
     arms = {}
 
     def save(name, res):  # after every arm: a long run keeps what it measured

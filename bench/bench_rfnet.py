@@ -305,27 +305,36 @@ def write_results_md(res: dict, path: Path = RESULTS_MD) -> None:
 
 def export_judge(bench: Bench, lr: float, out: Path, salt: str = "rfft") -> dict:
     """An RFNet checkpoint for RFFT and cyclic generation, trained on this bench's samples of the products
-    RFFT trains and validates on (`rfft.split_of` train + val), so RFFT's test products stay unseen by the
-    judge too. The threshold is chosen on 20% of those products (their 1-2-vote labels) for the target
-    precision, as `rfnet train` chooses it; the encoders are the pretrained ones the checkpoint rebuilds."""
+    RFFT trains and validates on, so RFFT's test products stay unseen by the judge too."""
+    return train_judge(bench.cache, bench.train_t, bench.train_ok, bench.products, bench.tcfg, lr, out, salt)
+
+
+def train_judge(cache: dict, targets: torch.Tensor, ok: np.ndarray, products: list[str], tcfg: TrainConfig,
+                lr: float, out: Path, salt: str = "rfft") -> dict:
+    """One RFNet on the cached samples of the products `rfft.split_of` puts in train + val (never test);
+    the threshold is chosen on 20% of those products for the target precision, as `rfnet train` chooses
+    it; the encoders are the pretrained ones the checkpoint rebuilds. `ok`: samples with a decided label."""
     from pipelines.rfft import split_of
     from rfnet import checkpoint
     from rfnet.model import RFNet
 
-    seen = np.array([split_of(p, salt) != "test" for p in bench.products])
-    rest, val = grouped_split(bench.products, np.flatnonzero(seen), 0.2, 11)
-    fusion = fit(bench.cache, bench.usable(rest), bench.train_t, bench.tcfg, {}, lr, seed=11)
-    val = bench.usable(val)
-    decision = {**choose_threshold(predict(fusion, bench.cache, val), bench.train_t[val].numpy(),
-                                   bench.tcfg.target_precision), "source": "bench_rfnet --export-judge validation"}
-    model = RFNet(bench.tcfg.model)
+    seen = np.array([split_of(p, salt) != "test" for p in products])
+    rest, val = grouped_split(products, np.flatnonzero(seen), 0.2, 11)
+    rest, val = rest[ok[rest]], val[ok[val]]
+    fusion = fit(cache, rest, targets, tcfg, {}, lr, seed=11)
+    probs = predict(fusion, cache, val)
+    decision = {**choose_threshold(probs, targets[val].numpy(), tcfg.target_precision),
+                "source": "bench_rfnet.train_judge validation"}
+    model = RFNet(tcfg.model)
     missing, unexpected = model.load_state_dict(fusion.state_dict(), strict=False)
     rebuilt = checkpoint.rebuilt_prefixes(model.cfg)
     if unexpected or any(not k.startswith(rebuilt) for k in missing):
         raise RuntimeError(f"fusion and RFNet disagree: missing {missing[:3]}, unexpected {unexpected[:3]}")
     checkpoint.save(out, model.eval(), decision=decision)
-    return {"checkpoint": str(out), "train_samples": len(bench.usable(rest)), "val_samples": len(val),
-            "products": int(len(set(np.array(bench.products)[seen]))), "decision": decision}
+    yv = targets[val, 0].numpy() > 0.5
+    return {"checkpoint": str(out), "train_samples": len(rest), "val_samples": len(val),
+            "products": int(len(set(np.array(products)[seen]))), "decision": decision,
+            "val_ap": average_precision(yv, probs[:, 0]) if yv.any() else None}
 
 
 def main() -> None:

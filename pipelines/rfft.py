@@ -53,6 +53,8 @@ REGULARISERS = ("cc", "kl", "none")
 # Settings a resumed run may change: where and how fast it runs, and how long it goes on.
 OPERATIONAL = ("out", "metrics", "device", "threads", "max_steps", "patience", "eval_every", "save_every",
                "gradient_checkpointing")
+# A new judge starts a new round of the loop (relabel, retrain RFNet, continue from the checkpoint).
+ROUND = ("checkpoint",)
 ANCHORS = ("none", "uncond", "output")
 SPLITS = ("train", "val", "test")
 
@@ -396,12 +398,13 @@ def oracle(image: np.ndarray, product: np.ndarray, info: dict) -> str:
     return panel.judge(f, panel.Rules())[0]
 
 
-def judged(gen: Generator, judge, items: list[tuple]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """Sample fixed (product, prompt, seed, conditions) items; (images, oracle available, RFNet available)."""
+def judged(gen: Generator, judge, items: list[tuple]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """Sample fixed (product, prompt, seed, conditions) items; (images, oracle available, RFNet available,
+    RFNet's p(available))."""
     from pipelines.worker import fit_original
     from rfnet.evaluate import decisions
 
-    images, verdicts, decided = [], [], []
+    images, verdicts, decided, p_avail = [], [], [], []
     for i in range(0, len(items), gen.cfg.batch_size):
         chunk = items[i: i + gen.cfg.batch_size]
         imgs = gen.sample([c for *_, c in chunk], [pr for _, pr, _, _ in chunk], [s for _, _, s, _ in chunk])
@@ -410,15 +413,21 @@ def judged(gen: Generator, judge, items: list[tuple]) -> tuple[list[np.ndarray],
         probs = judge(imgs, [fit_original(p["pixels"], gen.cfg.layout.size) for p, *_ in chunk], depth, sal,
                       [p["title"] for p, *_ in chunk])
         decided += [d["verdict"] for d in decisions(probs, judge.threshold)]
+        p_avail += list(probs[:, 0])
         images += imgs
-    return images, np.array([v == "available" for v in verdicts]), np.array([v == "available" for v in decided])
+    return (images, np.array([v == "available" for v in verdicts]), np.array([v == "available" for v in decided]),
+            np.array(p_avail, dtype=float))
 
 
 def evaluate(gen: Generator, judge, items: list[tuple]) -> dict:
-    """Oracle and RFNet available rates, and their agreement, on fixed items."""
-    _, o, r = judged(gen, judge, items)
+    """Oracle and RFNet available rates, their agreement at the judge's threshold, and how well RFNet's
+    p(available) ranks the oracle's verdicts (AP: threshold-free, so it stays informative where a strict
+    threshold makes the judge say `not available` to nearly everything)."""
+    from rfnet.evaluate import average_precision
+
+    _, o, r, p = judged(gen, judge, items)
     return {"n": len(o), "oracle_rate": float(o.mean()), "rfnet_rate": float(r.mean()),
-            "judge_oracle_agreement": float((o == r).mean())}
+            "judge_oracle_agreement": float((o == r).mean()), "judge_oracle_ap": average_precision(o, p) if o.any() else None}
 
 
 def fixed_items(cfg: RFFTConfig, products: list[dict], seeds: int) -> list[tuple]:
@@ -578,17 +587,25 @@ def run(cfg: RFFTConfig, on_step=None) -> dict:
     gen, reward, judge, optimizer, data = setup(cfg)
     out, metrics = Path(cfg.out), Path(cfg.metrics)
     val = fixed_items(cfg, data["val"], cfg.val_seeds)
-    recipe = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in OPERATIONAL}, default=str))
+    recipe = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in OPERATIONAL + ROUND}, default=str))
     state = load_state(out / "last", gen.controlnet, optimizer) or {"step": 0, "history": [], "best": None, "bad": 0,
-                                                                      "recipe": recipe}
+                                                                      "recipe": recipe, "judges": []}
+    state["recipe"] = {k: v for k, v in state["recipe"].items() if k not in ROUND}  # runs saved before rounds
     if state["recipe"] != recipe:
         changed = sorted(k for k in recipe if recipe[k] != state["recipe"].get(k))
         raise ValueError(f"{out / 'last'} is a run with other settings ({', '.join(changed)}): "
                          "give this run its own out, or delete that folder to start over")
-    if not state["history"]:  # the starting point: base generator's validation numbers
-        first = {"step": 0, **evaluate(gen, judge, val)}
-        state.update(history=[first], best=first)
-        save_controlnet(gen.controlnet, out / "controlnet")
+    judges = state.setdefault("judges", [])
+    if not judges or judges[-1]["checkpoint"] != cfg.checkpoint:  # a new round: evaluate where it starts
+        judges.append({"round": len(judges) + 1, "from_step": state["step"], "checkpoint": cfg.checkpoint})
+        ev = {"step": state["step"], "round": len(judges), **evaluate(gen, judge, val)}
+        state["history"].append(ev)
+        if state["best"] is None:  # step 0: the base generator's validation numbers, kept until beaten
+            state["best"] = ev
+            save_controlnet(gen.controlnet, out / "controlnet")
+        state["bad"] = 0  # patience counts within a round: a new judge may find gains the old one could not
+        save_state(out / "last", gen.controlnet, optimizer, state)
+    rnd = len(judges)
     t0 = time.time()
     log: dict[str, list[float]] = {}
     with tqdm(total=cfg.max_steps, initial=state["step"], desc="rfft", unit="step") as bar:
@@ -600,7 +617,7 @@ def run(cfg: RFFTConfig, on_step=None) -> dict:
             bar.update(1)
             bar.set_postfix(p=f"{log['p_available'][-1]:.2f}", cc=f"{log['cc'][-1]:.1e}")
             if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.max_steps:
-                ev = {"step": state["step"], **evaluate(gen, judge, val),
+                ev = {"step": state["step"], "round": rnd, **evaluate(gen, judge, val),
                       **{f"train_{k}": float(np.mean(v)) for k, v in log.items()}}
                 log = {}
                 state["history"].append(ev)
@@ -615,7 +632,7 @@ def run(cfg: RFFTConfig, on_step=None) -> dict:
                 on_step(state["step"])
     result = {"controlnet": str(out / "controlnet"), "steps": state["step"], "best": state["best"],
               "stopped_early": state["bad"] >= cfg.patience, "history": state["history"],
-              "val_items": len(val), "seconds": round(time.time() - t0, 1), "device": gen.device,
+              "judges": judges, "val_items": len(val), "seconds": round(time.time() - t0, 1), "device": gen.device,
               "config": {k: v for k, v in asdict(cfg).items() if k not in ("prompts",)}}
     write_json(metrics / "train.json", result)
     return result

@@ -6,6 +6,7 @@ arm and of the base differ only by the ControlNet. Per arm:
   oracle.rate / ci95       the panel's noise-free rules (the stand-in for people), Wilson 95% interval
   rfnet.rate / ci95        RFNet's decision at its validated threshold
   judge_oracle_agreement   share of images where the two agree: its fall is the sign of reward hacking
+  judge_oracle_ap          how well RFNet's p(available) ranks the oracle's verdicts, threshold-free
   paired_vs_base           by the oracle: fixed (base no, arm yes), broken (base yes, arm no), and the
                            rate difference with a 95% interval from resampling test products (the
                            independent units: a product's images share its shape and caption)
@@ -32,6 +33,7 @@ import torch
 
 from pipelines.rfft import RFFTConfig
 from rf1m.atomic import write_json
+from rfnet.evaluate import average_precision
 
 
 @dataclass(frozen=True)
@@ -102,8 +104,8 @@ def judge_arm(cfg: RFFTConfig, controlnet: str | None, items: list[tuple], judge
 
     gen = rfft.Generator(replace(cfg, controlnet_model=controlnet), pick_device(cfg.device))
     t = time.time()
-    images, o, r = rfft.judged(gen, judge, items)
-    return {"images": images, "oracle": o, "rfnet": r, "seconds": time.time() - t}
+    images, o, r, p = rfft.judged(gen, judge, items)
+    return {"images": images, "oracle": o, "rfnet": r, "p_available": p, "seconds": time.time() - t}
 
 
 def summary(arm: dict, base: dict | None, items: list[tuple], boot: int) -> dict:
@@ -113,6 +115,7 @@ def summary(arm: dict, base: dict | None, items: list[tuple], boot: int) -> dict
            "oracle": {"rate": round(float(o.mean()), 4), "ci95": wilson(int(o.sum()), len(o))},
            "rfnet": {"rate": round(float(r.mean()), 4), "ci95": wilson(int(r.sum()), len(r))},
            "judge_oracle_agreement": round(float((o == r).mean()), 4),
+           "judge_oracle_ap": round(average_precision(o, arm["p_available"]), 4) if o.any() else None,
            "diversity": diversity(features(arm["images"]), prompts),
            "attempts": {"rfnet": round(1 / r.mean(), 3) if r.any() else None,
                         "oracle": round(1 / o.mean(), 3) if o.any() else None},
@@ -155,6 +158,12 @@ def evaluate_arms(cfg: RFFTConfig, arms: dict[str, str | None], seeds: int, boot
     return {"test_products": n_products, "generations_per_arm": len(items), "arms": out}
 
 
+def rounds_of(trained: dict) -> list[dict]:
+    """rfft's training history split by round of the loop (one judge each); runs before rounds: one."""
+    judges = trained.get("judges") or [{"round": 1, "from_step": 0, "checkpoint": None}]
+    return [{**j, "history": [h for h in trained["history"] if h.get("round", 1) == j["round"]]} for j in judges]
+
+
 def run(cfg: RFFTEvalConfig) -> dict:
     """The base and the rfft stage's ControlNet; its training history is round 1 (`rounds`)."""
     torch.set_num_threads(cfg.rfft.threads)
@@ -163,7 +172,7 @@ def run(cfg: RFFTEvalConfig) -> dict:
     res = evaluate_arms(cfg.rfft, {"base": None, "rfft": cfg.controlnet}, cfg.seeds, cfg.boot)
     history = Path(cfg.rfft.metrics) / "train.json"
     trained = json.loads(history.read_text()) if history.exists() else None
-    res["rounds"] = [{"round": 1, "history": trained["history"]}] if trained else []
+    res["rounds"] = rounds_of(trained) if trained else []
     if trained:  # step 0: validation never improved on the base, so the kept ControlNet is the base's
         res["arms"]["rfft"]["kept_step"] = trained["best"]["step"]
     write_json(cfg.out, res)

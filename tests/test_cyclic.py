@@ -85,11 +85,11 @@ def test_killed_run_resumes_without_duplicates(tmp_path, catalog, tiny_model):
     assert sorted(stored) == sorted(accepted)  # every accepted sample once, nothing rejected
 
 
-def tiny_rfnet(directory: Path, threshold: float) -> Path:
+def tiny_rfnet(directory: Path, threshold: float, seed: int = 0) -> Path:
     from rfnet import checkpoint
     from rfnet.model import RFNet, RFNetConfig
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = RFNet(RFNetConfig(image_backbone="tiny", text_backbone="hash", pretrained=False,
                               freeze_backbones=False, image_size=64, dim=32, heads=2))
     return checkpoint.save(directory, model, decision={"threshold": threshold, "source": "test"})

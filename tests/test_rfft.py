@@ -170,6 +170,34 @@ def test_killed_run_resumes_to_the_same_weights_and_the_controlnet_drops_into_ge
     assert first_image("base") != first_image("tuned")  # the fine-tuned weights are the ones used
 
 
+def test_a_new_judge_starts_a_round_that_continues_from_the_checkpoint(setup_dir, tiny_model):
+    """The loop: RFFT, retrain RFNet, continue. A run given another judge resumes its ControlNet and
+    optimizer (not a fresh start, not a recipe error), evaluates with the new judge where the round
+    starts, and the history says which round each evaluation belongs to."""
+    from pipelines import rfft_eval
+
+    first = config(setup_dir, tiny_model, "rounds", max_steps=2)
+    r1 = rfft.run(first)
+    tiny_rfnet(setup_dir / "rfnet2", threshold=0.9, seed=1)
+    second = replace(first, checkpoint=str(setup_dir / "rfnet2"), max_steps=4)
+    r2 = rfft.run(second)
+    assert [(j["round"], j["from_step"], j["checkpoint"]) for j in r2["judges"]] == [
+        (1, 0, first.checkpoint), (2, 2, second.checkpoint)]
+    assert [(h["step"], h["round"]) for h in r2["history"]] == [(0, 1), (2, 1), (2, 2), (4, 2)]
+    end1, start2 = r2["history"][1], r2["history"][2]
+    assert end1 == r1["history"][-1]
+    # the same generator at step 2 under both judges (resumed, not restarted): the oracle sees the same images
+    assert start2["oracle_rate"] == end1["oracle_rate"] and start2["n"] == end1["n"]
+    assert (start2["rfnet_rate"], start2["judge_oracle_agreement"]) != (end1["rfnet_rate"], end1["judge_oracle_agreement"]) \
+        or start2["judge_oracle_ap"] != end1["judge_oracle_ap"]  # but judged by the new RFNet
+    again = rfft.run(second)  # the same judge again: no new round, nothing re-run
+    assert len(again["judges"]) == 2 and again["history"] == r2["history"]
+    split = rfft_eval.rounds_of(r2)
+    assert [[h["step"] for h in x["history"]] for x in split] == [[0, 2], [2, 4]]
+    with pytest.raises(ValueError, match="regulariser"):  # a judge may change between rounds, the recipe may not
+        rfft.run(replace(second, regulariser="kl", max_steps=6))
+
+
 def test_paired_difference_and_wilson_interval():
     from pipelines import rfft_eval
 
@@ -223,5 +251,6 @@ def test_rfft_eval_pairs_every_arm_with_the_base_and_the_stage_reads_params(setu
     written = json.loads(out.read_text())
     trained = json.loads((setup_dir / "whole" / "metrics" / "train.json").read_text())
     assert set(written["arms"]) == {"base", "rfft"} and written["generations_per_arm"] == 2
-    assert written["rounds"] == [{"round": 1, "history": trained["history"]}]
+    assert written["rounds"] == [{"round": 1, "from_step": 0, "checkpoint": cfg.checkpoint,
+                                  "history": trained["history"]}]
     assert written["arms"]["rfft"]["kept_step"] == trained["best"]["step"]
