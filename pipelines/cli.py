@@ -284,7 +284,10 @@ def _summary(a):
     url = os.environ.get("LABEL_STUDIO_URL") or (p.get("labelstudio") or {}).get("url") or "http://127.0.0.1:8080"
     s = summary.collect(_data(a), (p.get("release") or {}).get("out", "releases"),
                         (p.get("evaluate") or {}).get("out", "metrics/rfnet"), url,
-                        (p.get("panel") or {}).get("failures", "metrics/failures.json"))
+                        (p.get("panel") or {}).get("failures", "metrics/failures.json"),
+                        {"cyclic": Path((p.get("cyclic") or {}).get("metrics", "metrics/cyclic")) / "cyclic.json",
+                         "prelabels": Path((p.get("round2") or {}).get("metrics", "metrics/round2")) / "prelabels.json",
+                         "rfft": (p.get("rfft_eval") or {}).get("out", "metrics/rfft/eval.json")})
     if a.json:
         return s
     print(summary.text(s))

@@ -24,7 +24,9 @@ def _json(path: Path) -> dict | None:
 
 
 def collect(layout: Layout, releases: str | Path, metrics: str | Path, labelstudio_url: str,
-            failures: str | Path = "metrics/failures.json") -> dict:
+            failures: str | Path = "metrics/failures.json", loop: dict[str, str | Path] | None = None) -> dict:
+    """`loop`: the files of the loop's later stages, cyclic (cyclic.json), prelabels (the second round's
+    acceptance, prelabels.json) and rfft (rfft_eval's eval.json); a missing one reads "not yet"."""
     con = Catalog(layout.base, releases).con
     one = lambda sql: con.execute(sql).fetchone()  # noqa: E731
     samples, batches = one("SELECT count(*), count(DISTINCT batch_id) FROM samples")
@@ -44,8 +46,17 @@ def collect(layout: Layout, releases: str | Path, metrics: str | Path, labelstud
         "oracle_available": oracle.get("available"),
         "oracle_reasons": {k: v for k, v in oracle.items() if k not in ("samples", "available", "per_prompt")},
         "rfnet_ap": evaluation.get("ap"), "rfnet_f1": evaluation.get("f1"),
+        **{k: _json(Path(f)) for k, f in (loop or {}).items()},
         "labelstudio": labelstudio_url, "dashboard": "make dashboard",
     }
+
+
+def _rfft(ev: dict, pct) -> str:
+    base, arm = ev["arms"]["base"], ev["arms"]["rfft"]
+    d = arm["paired_vs_base"]
+    return (f"oracle available {pct(base['oracle']['rate'])} -> {pct(arm['oracle']['rate'])} "
+            f"({100 * d['diff']:+.1f} points, 95% CI [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}], "
+            f"{ev['generations_per_arm']} paired test images)")
 
 
 def text(s: dict) -> str:
@@ -61,6 +72,13 @@ def text(s: dict) -> str:
          + ", ".join(f"{k} {pct(v)}" for k, v in sorted(s["oracle_reasons"].items(), key=lambda kv: -kv[1]))),
         ("RFNet", "not yet evaluated" if s["rfnet_ap"] is None
          else f"AP {pct(s['rfnet_ap'])}, F1 {pct(s['rfnet_f1'])} (available, test split)"),
+        ("cyclic", "not yet" if not s.get("cyclic") else
+         f"{pct(s['cyclic']['first_try_available_rate'])} accepted at the first try, "
+         f"{pct(s['cyclic']['never_within_k_share'])} never within {s['cyclic']['max_attempts']} tries"),
+        ("pre-labels", "not yet" if not s.get("prelabels") else
+         f"{pct(s['prelabels']['accepted_share'])} accepted unchanged, {s['prelabels']['saved_s_per_task']:.1f} s "
+         "saved per task (round 2)"),
+        ("RFFT", "not yet" if not s.get("rfft") else _rfft(s["rfft"], pct)),
         ("releases", ", ".join(s["releases"]) or "none yet"),
         ("Label Studio", s["labelstudio"]),
         ("dashboard", f"run `{s['dashboard']}`, then open http://127.0.0.1:8501"),

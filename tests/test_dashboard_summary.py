@@ -20,10 +20,18 @@ def test_summary_reports_the_files_numbers(tmp_path, capsys):
     (metrics / "metrics.json").write_text(json.dumps({"ap": 0.8758, "f1": 0.8583}))
     (metrics / "failures.json").write_text(json.dumps({"samples": 10, "available": 0.5, "space_mismatch": 0.3,
                                                        "size_mismatch": 0.2, "per_prompt": {}}))
+    (metrics / "cyclic.json").write_text(json.dumps({"first_try_available_rate": 0.42, "never_within_k_share": 0.25,
+                                                     "max_attempts": 4}))
+    (metrics / "prelabels.json").write_text(json.dumps({"accepted_share": 0.691, "saved_s_per_task": 3.176}))
+    arm = {"oracle": {"rate": 0.5}, "paired_vs_base": {"diff": 0.0625, "ci95": [0.0125, 0.1]}}
+    (metrics / "eval.json").write_text(json.dumps({"generations_per_arm": 32, "arms": {
+        "base": {"oracle": {"rate": 0.4375}}, "rfft": arm}}))
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"data": str(data), "release": {"out": str(releases)},
                                       "evaluate": {"out": str(metrics)},
-                                      "panel": {"failures": str(metrics / "failures.json")}}))
+                                      "panel": {"failures": str(metrics / "failures.json")},
+                                      "cyclic": {"metrics": str(metrics)}, "round2": {"metrics": str(metrics)},
+                                      "rfft_eval": {"out": str(metrics / "eval.json")}}))
 
     assert main(["--params", str(params), "summary", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
@@ -38,14 +46,22 @@ def test_summary_reports_the_files_numbers(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "AP 87.6%" in text and "b000: 0.61, b001: undefined" in text and "make dashboard" in text
     assert "50.0% available; space_mismatch 30.0%, size_mismatch 20.0%" in text
+    # the loop's later stages, from their own files
+    assert "42.0% accepted at the first try, 25.0% never within 4 tries" in text
+    assert "69.1% accepted unchanged, 3.2 s saved per task" in text
+    assert "43.8% -> 50.0% (+6.2 points, 95% CI [+1.2, +10.0], 32 paired test images)" in text
 
 
 def test_summary_of_a_fresh_clone_says_not_yet(tmp_path, capsys):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"data": str(tmp_path / "none"), "release": {"out": str(tmp_path / "r")},
                                       "evaluate": {"out": str(tmp_path / "m")},  # not the repo's own metrics/
-                                      "panel": {"failures": str(tmp_path / "m" / "failures.json")}}))
+                                      "panel": {"failures": str(tmp_path / "m" / "failures.json")},
+                                      "cyclic": {"metrics": str(tmp_path / "m")}, "round2": {"metrics": str(tmp_path / "m")},
+                                      "rfft_eval": {"out": str(tmp_path / "m" / "eval.json")}}))
     assert main(["--params", str(params), "summary"]) == 0
     text = capsys.readouterr().out
+    for line in ("cyclic  not yet", "pre-labels  not yet", "RFFT  not yet"):
+        assert line in text
     assert "0 in 0 batch(es)" in text and "not yet evaluated" in text and "none yet" in text
     assert "oracle  not yet" in text
