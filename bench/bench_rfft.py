@@ -36,7 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.timing import Record  # noqa: E402
 
-ARMS = {"rfft": {"regulariser": "cc"}, "no_constraint": {"regulariser": "none"}, "kl": {"regulariser": "kl"}}
+ARMS = {"rfft": {"regulariser": "cc"}, "no_constraint": {"regulariser": "none"}, "kl": {"regulariser": "kl"},
+        # L_CC leaves free a change added equally to both branches (a texture over every prompt): the
+        # anchor on the unconditional branch is what prices it (research/rfft_feasibility.md)
+        "rfft_anchor": {"regulariser": "cc", "anchor": "uncond"}}
 
 
 def retrain_judge(a, cfg, out: Path, r: int, pool: dict | None) -> tuple[dict, dict]:
@@ -100,6 +103,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2, help="seeds per test product x prompt")
     ap.add_argument("--beta", type=float, default=100.0)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--anchor-weight", type=float, default=10.0, help="the rfft_anchor arm's weight on the uncond anchor")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--train-seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
@@ -126,7 +130,8 @@ def main() -> None:
         for seed in a.train_seeds:
             key = name if len(a.train_seeds) == 1 else f"{name}_seed{seed}"
             out = Path(a.out) / key
-            arm_cfg = replace(cfg, **ARMS[name], seed=seed, out=str(out), metrics=str(out / "metrics"))
+            arm_cfg = replace(cfg, **ARMS[name], seed=seed, out=str(out), metrics=str(out / "metrics"),
+                              anchor_weight=a.anchor_weight if "anchor" in ARMS[name] else 0.0)
             t = time.time()
             judge, pool = a.checkpoint, None
             for r in range(1, a.rounds + 1):
