@@ -133,19 +133,19 @@ def main() -> None:
             arm_cfg = replace(cfg, **ARMS[name], seed=seed, out=str(out), metrics=str(out / "metrics"),
                               anchor_weight=a.anchor_weight if "anchor" in ARMS[name] else 0.0)
             t = time.time()
-            judge, pool = a.checkpoint, None
+            judge, pool, made = a.checkpoint, None, {}
             for r in range(1, a.rounds + 1):
                 trained = rfft.run(replace(arm_cfg, checkpoint=judge, max_steps=r * a.steps))
                 if r < a.rounds:
-                    pool, info = retrain_judge(a, arm_cfg, out, r, pool)
-                    judge = info["checkpoint"]
-                    trained["judges"][-1]["retrained"] = info  # what the next round's judge was made from
+                    pool, made[r + 1] = retrain_judge(a, arm_cfg, out, r, pool)
+                    judge = made[r + 1]["checkpoint"]
             training[key] = {"steps": trained["steps"], "seconds": round(time.time() - t, 1),
                              "kept_step": trained["best"]["step"]}
             controlnets[key] = str(out / "last" / "controlnet")  # the final weights
             if trained["best"]["step"] not in (0, trained["steps"]):  # early stopping kept another
                 controlnets[f"{key}_kept"] = str(out / "controlnet")
-            rounds += [{"arm": key, **x} for x in rfft_eval.rounds_of(trained)]
+            rounds += [{"arm": key, **x, **({"judge_made_from": made[x["round"]]} if x["round"] in made else {})}
+                       for x in rfft_eval.rounds_of(trained)]
     arms = {}
 
     def save(name, res):  # after every arm: a long run keeps what it measured
