@@ -21,8 +21,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
-import signal
 import shutil
+import signal
 import socket
 import subprocess
 import sys

@@ -128,7 +128,7 @@ def main() -> None:
     controlnets, rounds, training = {"base": None}, [], {}
     for name in a.arms:
         for seed in a.train_seeds:
-            key = name if len(a.train_seeds) == 1 else f"{name}_seed{seed}"
+            key = name if seed == 0 else f"{name}_seed{seed}"  # a seed's own folder: runs of other seeds stay
             out = Path(a.out) / key
             arm_cfg = replace(cfg, **ARMS[name], seed=seed, out=str(out), metrics=str(out / "metrics"),
                               anchor_weight=a.anchor_weight if "anchor" in ARMS[name] else 0.0)
