@@ -1,4 +1,4 @@
-"""RFFT evaluation: base / rfft / no_constraint / kl on held-out products, paired, judged by the oracle.
+"""RFFT evaluation: base / rfft / no_constraint / kl / rfft_anchor on held-out products, paired, by the oracle.
 
 Each trained arm runs `rf1m rfft` (pipelines.rfft.run) from the same base ControlNet with the same
 training seed and steps; then every arm samples the SAME test products x prompts x seeds (the test
@@ -18,7 +18,8 @@ continues from its checkpoint with that judge. `rounds` holds each round's valid
 
     .venv/bin/python bench/bench_rfft.py --products ~/.cache/rf1m-bench-rfnet/products_cv \
         --checkpoint ~/.cache/rf1m-bench-rfnet/judge --out ~/.cache/rf1m-bench-rfft-rounds \
-        --arms rfft --rounds 4 --steps 40 --lr 1e-3 --seeds 6 --threads 2
+        --arms rfft rfft_anchor --rounds 4 --steps 40 --lr 1e-3 --seeds 6 --threads 2 --name rfft_rounds
+(bench/RESULTS.md "RFFT in rounds" ran each arm on its own, with --name rfft_rounds / rfft_rounds_anchor.)
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.timing import Record  # noqa: E402
 
-ARMS = {"rfft": {"regulariser": "cc"}, "no_constraint": {"regulariser": "none"}, "kl": {"regulariser": "kl"},
+ARMS = {"rfft": {"regulariser": "cc", "anchor": "none"}, "no_constraint": {"regulariser": "none", "anchor": "none"},
+        "kl": {"regulariser": "kl", "anchor": "none"},
         # L_CC leaves free a change added equally to both branches (a texture over every prompt): the
         # anchor on the unconditional branch is what prices it (research/rfft_feasibility.md)
         "rfft_anchor": {"regulariser": "cc", "anchor": "uncond"}}
@@ -131,7 +133,7 @@ def main() -> None:
             key = name if seed == 0 else f"{name}_seed{seed}"  # a seed's own folder: runs of other seeds stay
             out = Path(a.out) / key
             arm_cfg = replace(cfg, **ARMS[name], seed=seed, out=str(out), metrics=str(out / "metrics"),
-                              anchor_weight=a.anchor_weight if "anchor" in ARMS[name] else 0.0)
+                              anchor_weight=a.anchor_weight if ARMS[name]["anchor"] != "none" else 0.0)
             t = time.time()
             judge, pool, made = a.checkpoint, None, {}
             for r in range(1, a.rounds + 1):
