@@ -16,7 +16,7 @@ install: $(VENV)/.installed $(LS_VENV)/bin/label-studio
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0 uv
+	$(PY) -m pip install -q torch==2.13.0 uv==0.13.9
 	$(VENV)/bin/uv pip install -q --python $(PY) -e '.[dev,cluster]'
 	$(PY) -c "import torch; assert torch.__version__.split('+')[0] == '2.13.0', torch.__version__"
 	touch $@

@@ -103,7 +103,7 @@ def install(cfg: ServerConfig) -> Path:
         uv = shutil.which("uv", path=str(Path(sys.executable).parent))  # `make install` puts it beside python
         py = str(Path(cfg.venv) / "bin" / "python")
         if uv:  # about 30 s against pip's 3 to 4 min (README, installs)
-            subprocess.run([uv, "venv", "-q", "--python", sys.executable, cfg.venv], check=True)
+            subprocess.run([uv, "venv", "-q", "--clear", "--python", sys.executable, cfg.venv], check=True)
             subprocess.run([uv, "pip", "install", "-q", "--python", py, f"label-studio=={LS_VERSION}"], check=True)
         else:
             subprocess.run([sys.executable, "-m", "venv", cfg.venv], check=True)

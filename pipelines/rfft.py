@@ -590,13 +590,16 @@ def run(cfg: RFFTConfig, on_step=None) -> dict:
     recipe = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in OPERATIONAL + ROUND}, default=str))
     state = load_state(out / "last", gen.controlnet, optimizer) or {"step": 0, "history": [], "best": None, "bad": 0,
                                                                       "recipe": recipe, "judges": []}
-    state["recipe"] = {k: v for k, v in state["recipe"].items() if k not in ROUND}  # runs saved before rounds
+    if "judges" not in state:  # saved before rounds: its one judge is round 1's
+        state["judges"] = [{"round": 1, "from_step": 0, "checkpoint": state["recipe"].get("checkpoint", cfg.checkpoint)}]
+    state["recipe"] = {k: v for k, v in state["recipe"].items() if k not in ROUND}
     if state["recipe"] != recipe:
         changed = sorted(k for k in recipe if recipe[k] != state["recipe"].get(k))
         raise ValueError(f"{out / 'last'} is a run with other settings ({', '.join(changed)}): "
                          "give this run its own out, or delete that folder to start over")
-    judges = state.setdefault("judges", [])
-    if not judges or judges[-1]["checkpoint"] != cfg.checkpoint:  # a new round: evaluate where it starts
+    judges = state["judges"]
+    new_round = not judges or (judges[-1]["checkpoint"] != cfg.checkpoint and state["step"] < cfg.max_steps)
+    if new_round:  # a new judge with steps left to train: evaluate where the round starts
         judges.append({"round": len(judges) + 1, "from_step": state["step"], "checkpoint": cfg.checkpoint})
         ev = {"step": state["step"], "round": len(judges), **evaluate(gen, judge, val)}
         state["history"].append(ev)

@@ -76,8 +76,9 @@ def text(s: dict) -> str:
          f"{pct(s['cyclic']['first_try_available_rate'])} accepted at the first try, "
          f"{pct(s['cyclic']['never_within_k_share'])} never within {s['cyclic']['max_attempts']} tries"),
         ("pre-labels", "not yet" if not s.get("prelabels") else
-         f"{pct(s['prelabels']['accepted_share'])} accepted unchanged, {s['prelabels']['saved_s_per_task']:.1f} s "
-         "saved per task (round 2)"),
+         f"{pct(s['prelabels'].get('accepted_share'))} accepted unchanged (round 2)"
+         + ("" if s["prelabels"].get("saved_s_per_task") is None
+            else f", {s['prelabels']['saved_s_per_task']:.1f} s saved per task")),
         ("RFFT", "not yet" if not s.get("rfft") else _rfft(s["rfft"], pct)),
         ("releases", ", ".join(s["releases"]) or "none yet"),
         ("Label Studio", s["labelstudio"]),

@@ -48,8 +48,13 @@ def test_summary_reports_the_files_numbers(tmp_path, capsys):
     assert "50.0% available; space_mismatch 30.0%, size_mismatch 20.0%" in text
     # the loop's later stages, from their own files
     assert "42.0% accepted at the first try, 25.0% never within 4 tries" in text
-    assert "69.1% accepted unchanged, 3.2 s saved per task" in text
+    assert "69.1% accepted unchanged (round 2), 3.2 s saved per task" in text
     assert "43.8% -> 50.0% (+6.2 points, 95% CI [+1.2, +10.0], 32 paired test images)" in text
+    # acceptance run without a baseline has no time saved: the summary says less, and does not fail
+    (metrics / "prelabels.json").write_text(json.dumps({"accepted_share": 0.5}))
+    assert main(["--params", str(params), "summary"]) == 0
+    text = capsys.readouterr().out
+    assert "50.0% accepted unchanged (round 2)\n" in text
 
 
 def test_summary_of_a_fresh_clone_says_not_yet(tmp_path, capsys):
