@@ -56,7 +56,6 @@ def retrain_judge(a, cfg, out: Path, r: int, pool: dict | None) -> tuple[dict, d
     from pipelines.products import read_products
     from rf1m import tables
     from rfnet.data import target
-    from rfnet.features import encode_batch
     from rfnet.train import TrainConfig
 
     tcfg = params.load("rfnet", TrainConfig, "params.yaml", {"batch_size": 64, "epochs": 4})  # bench_rfnet's
@@ -77,7 +76,7 @@ def retrain_judge(a, cfg, out: Path, r: int, pool: dict | None) -> tuple[dict, d
                                    guidance=cfg.guidance, controlnet_scale=cfg.controlnet_scale, seeds=1, seed=1000 + r,
                                    prompts=cfg.prompts, layout=cfg.layout, aux=cfg.aux, batch_size=8, threads=a.threads)
     generate.run(gcfg)
-    new = encode_batch(root / batch, tcfg.model, br.ROOT / "features")
+    new = br.encode_batch(root / batch, tcfg.model, br.ROOT / "features")
     pcfg = params.load("panel", panel.PanelConfig, "params.yaml", {"batch_id": batch, "shards": str(root)})
     feats = panel.sample_features(pcfg)
     verdicts = [panel.judge(feats[k], pcfg.rules) for k in new["keys"]]

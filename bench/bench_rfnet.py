@@ -303,15 +303,11 @@ def write_results_md(res: dict, path: Path = RESULTS_MD) -> None:
     path.write_text(text)
 
 
-def export_judge(bench: Bench, lr: float, out: Path, salt: str = "rfft") -> dict:
-    """An RFNet checkpoint for RFFT and cyclic generation, trained on this bench's samples of the products
-    RFFT trains and validates on, so RFFT's test products stay unseen by the judge too."""
-    return train_judge(bench.cache, bench.train_t, bench.train_ok, bench.products, bench.tcfg, lr, out, salt)
-
-
 def train_judge(cache: dict, targets: torch.Tensor, ok: np.ndarray, products: list[str], tcfg: TrainConfig,
                 lr: float, out: Path, salt: str = "rfft") -> dict:
-    """One RFNet on the cached samples of the products `rfft.split_of` puts in train + val (never test);
+    """The judge RFFT and cyclic generation load (`--export-judge`; bench_rfft's rounds retrain it): one RFNet on
+    the cached samples of the products `rfft.split_of` puts in train + val (never test, so RFFT's test
+    products stay unseen by the judge too);
     the threshold is chosen on 20% of those products for the target precision, as `rfnet train` chooses
     it; the encoders are the pretrained ones the checkpoint rebuilds. `ok`: samples with a decided label."""
     from pipelines.rfft import split_of
@@ -387,7 +383,7 @@ def main() -> None:
     res["random_ap"] = mean_sd([average_precision(bench.y[t], rng.random(len(t)))
                                 for r in range(a.repeats) for t in grouped_folds(bench.products, a.folds, r)])
     if a.export_judge:  # the learning rate the full run chose on validation (bench/results/rfnet_cv.json)
-        print(export_judge(bench, 1e-3 / 3, a.export_judge))
+        print(train_judge(bench.cache, bench.train_t, bench.train_ok, bench.products, tcfg, 1e-3 / 3, a.export_judge))
         return
     res["tuning"] = tuning = bench.tune()  # before any test prediction
     lrs = {"full": tuning["full"]["lr"], "image_only": tuning["image_only"]["lr"]}
