@@ -33,6 +33,17 @@ PROMPTS: dict[str, str] = {
     "snow": "a product on a snowy table outdoors in winter, pine trees, cold blue light",
 }
 
+CORPUS_VERSION = 2  # in the stamps of the models trained on renders: a model stamped with another is rebuilt
+
+
+def corpus_preset(i: int, kinds: int) -> int:
+    """Index in `PROMPTS` of the i-th training scene, whose product is kind `i % kinds` (products cycle
+    through their kinds). A Latin square: every kind stands in every preset equally often. Cycling the
+    presets with i, as the products do, put one kind in each preset (every kitchen held a bottle), so a
+    generator could read the scene off the product's silhouette instead of the prompt (`CORPUS_VERSION` 1)."""
+    return (i + i // kinds) % len(PROMPTS)
+
+
 FAR = 30.0  # depth of the sky and of anything past it (plane units; the camera is 0.5 above the ground)
 
 

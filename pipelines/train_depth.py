@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from pipelines.conditions import LayoutConfig, draw_layout, make_conditions
 from pipelines.depthnet import DepthNetConfig, TinyDepth, predict, target, to_input
-from pipelines.products import ProductsConfig, synthetic_products
-from pipelines.scenes import PROMPTS, render
+from pipelines.products import KINDS, ProductsConfig, synthetic_products
+from pipelines.scenes import CORPUS_VERSION, PROMPTS, corpus_preset, render
 
 HELD_OUT_SEED = 1_000_000  # held-out scenes use seeds from here: never a training scene
 
@@ -48,7 +48,7 @@ class DepthTrainConfig:
 
 
 def renders(cfg: DepthTrainConfig, count: int, first_seed: int) -> dict[str, np.ndarray]:
-    """`count` scenes cycling through the presets, each with a synthetic product placed as generate places it."""
+    """`count` scenes with synthetic products placed as generate places them, every kind in every preset."""
     layout = LayoutConfig(size=cfg.render_size, scale_range=(0.60, 0.90), jitter=0.10)  # params.yaml's
     prods = synthetic_products(ProductsConfig(count=count, seed=cfg.seed + first_seed + 1, size=cfg.render_size,
                                               truncated_every=0))
@@ -56,7 +56,8 @@ def renders(cfg: DepthTrainConfig, count: int, first_seed: int) -> dict[str, np.
     images, depth, alpha = [], [], []
     for i, (_, _, _, rgba) in enumerate(tqdm(prods, total=count, desc="render depth scenes", unit="img")):
         c = make_conditions(rgba, layout, draw_layout(layout, np.random.default_rng([cfg.seed, first_seed + i])))
-        s = render(presets[i % len(presets)], cfg.seed * 1_000_003 + first_seed + i, cfg.render_size, c.product)
+        preset = presets[corpus_preset(i, len(KINDS))]
+        s = render(preset, cfg.seed * 1_000_003 + first_seed + i, cfg.render_size, c.product)
         images.append(s.image)
         depth.append(target(s.depth, cfg.size))
         alpha.append(cv2.resize(c.product[..., 3], (cfg.size, cfg.size), interpolation=cv2.INTER_AREA))
@@ -141,7 +142,8 @@ def run(cfg: DepthTrainConfig) -> dict:
     import torch
 
     out = Path(cfg.out)
-    stamp = json.dumps({k: v for k, v in asdict(cfg).items() if k not in ("out", "metrics")}, sort_keys=True)
+    stamp = json.dumps({**{k: v for k, v in asdict(cfg).items() if k not in ("out", "metrics")},
+                        "corpus": CORPUS_VERSION}, sort_keys=True)
     if (out / "train_config.json").exists() and (out / "train_config.json").read_text() == stamp:
         print(f"{out} is already trained with this config: reusing it")
         return {"out": str(out), "trained_now": False}

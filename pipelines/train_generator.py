@@ -39,8 +39,8 @@ import numpy as np
 from tqdm import tqdm
 
 from pipelines.conditions import LayoutConfig, draw_layout, make_conditions
-from pipelines.products import ProductsConfig, synthetic_products
-from pipelines.scenes import NEGATIVE, PROMPTS, render
+from pipelines.products import KINDS, ProductsConfig, synthetic_products
+from pipelines.scenes import CORPUS_VERSION, NEGATIVE, PROMPTS, corpus_preset, render
 
 
 @dataclass(frozen=True)
@@ -73,19 +73,21 @@ class GeneratorConfig:
 
 
 def corpus(cfg: GeneratorConfig) -> dict[str, np.ndarray]:
-    """Rendered scenes with products standing in them, their inpainting masks and prompt indices."""
+    """Rendered scenes with products standing in them, their inpainting masks, prompt indices and product kinds."""
     layout = LayoutConfig(size=cfg.size, scale_range=cfg.scale_range, jitter=cfg.jitter)
     prods = synthetic_products(ProductsConfig(count=cfg.images, seed=cfg.seed + 1, size=2 * cfg.size,
                                               truncated_every=0))
-    presets = list(PROMPTS)
+    presets, prompt = list(PROMPTS), np.array([corpus_preset(i, len(KINDS)) for i in range(cfg.images)])
     images = np.zeros((cfg.images, cfg.size, cfg.size, 3), np.uint8)
     masks = np.zeros((cfg.images, cfg.size, cfg.size), np.uint8)
-    for i, (_, _, _, rgba) in enumerate(tqdm(prods, total=cfg.images, desc="render scenes", unit="img")):
+    kinds = []
+    for i, (_, title, _, rgba) in enumerate(tqdm(prods, total=cfg.images, desc="render scenes", unit="img")):
         rng = np.random.default_rng([cfg.seed, i])
         c = make_conditions(rgba, layout, draw_layout(layout, rng))
-        images[i] = render(presets[i % len(presets)], cfg.seed * 1_000_003 + i, cfg.size, c.product).image
+        images[i] = render(presets[prompt[i]], cfg.seed * 1_000_003 + i, cfg.size, c.product).image
         masks[i] = c.mask
-    return {"images": images, "masks": masks, "prompt": np.arange(cfg.images) % len(presets)}
+        kinds.append(title.rsplit(" ", 1)[1])
+    return {"images": images, "masks": masks, "prompt": prompt, "kind": np.array(kinds)}
 
 
 def _to_tensor(images: np.ndarray):
@@ -375,7 +377,8 @@ def run(cfg: GeneratorConfig) -> dict:
     import torch
 
     out = Path(cfg.out)
-    stamp, stamp_file = _settings(json.loads(json.dumps(asdict(cfg)))), out / "generator_config.json"
+    stamp = _settings(json.loads(json.dumps({**asdict(cfg), "corpus": CORPUS_VERSION})))
+    stamp_file = out / "generator_config.json"
     saved = json.loads(stamp_file.read_text()) if stamp_file.exists() else None
     if saved is not None and _settings(saved) == stamp:
         print(f"{out} is already trained with this config: reusing it")

@@ -1,5 +1,6 @@
 """The offline depth network: it learns the renderer's depth from the pixels, not from the product mask."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -74,3 +75,12 @@ def test_aux_maps_use_the_depth_network_on_the_generated_image(trained):
 def test_a_trained_network_is_reused_when_the_config_matches(trained):
     cfg, _, _ = trained
     assert train_depth.run(cfg)["trained_now"] is False
+
+
+def test_a_network_trained_on_an_older_corpus_is_rebuilt(tmp_path):
+    cfg = replace(QUICK, images=16, held_out=8, steps=4, out=str(tmp_path / "net"), metrics=str(tmp_path / "m"))
+    train_depth.run(cfg)
+    stamp = tmp_path / "net" / "train_config.json"
+    stamp.write_text(json.dumps({k: v for k, v in json.loads(stamp.read_text()).items() if k != "corpus"},
+                                sort_keys=True))
+    assert train_depth.run(cfg)["trained_now"] is True

@@ -41,6 +41,23 @@ def test_training_lowers_both_losses_and_saves_a_loadable_pipeline(tmp_path):
 
     again = run(cfg)  # a second run with the same config reuses the model
     assert again["trained_now"] is False
+    stamp = tmp_path / "gen" / "generator_config.json"  # ... but not one trained on an older corpus
+    stamp.write_text(json.dumps({k: v for k, v in json.loads(stamp.read_text()).items() if k != "corpus"}))
+    assert run(cfg)["trained_now"] is True
+
+
+def test_every_product_kind_stands_in_every_preset():
+    """The training scenes must not pair a preset with one kind of product: with both cycling together,
+    every kitchen held a bottle and the generator could read the scene off the silhouette."""
+    from pipelines.products import KINDS
+    from pipelines.scenes import PROMPTS
+    from pipelines.train_generator import corpus
+
+    n = len(KINDS) * len(PROMPTS)
+    data = corpus(GeneratorConfig(**{**TINY, "images": n}))
+    pairs = set(zip(data["kind"].tolist(), data["prompt"].tolist()))
+    assert len(pairs) == n  # each (kind, preset) exactly once
+    assert set(data["kind"]) == set(KINDS) and set(data["prompt"]) == set(range(len(PROMPTS)))
 
 
 def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
