@@ -19,6 +19,7 @@ continues from its checkpoint with that judge. `rounds` holds each round's valid
     .venv/bin/python bench/bench_rfft.py --products ~/.cache/rf1m-bench-rfnet/products_cv \
         --checkpoint ~/.cache/rf1m-bench-rfnet/judge --out ~/.cache/rf1m-bench-rfft-rounds \
         --arms rfft rfft_anchor --rounds 4 --steps 40 --lr 1e-3 --seeds 6 --threads 2 --name rfft_rounds
+    # on another generator: bench_rfnet.py --root R (same --base-model) first, then --rfnet-root R here
 (bench/RESULTS.md "RFFT in rounds" ran each arm on its own, with --name rfft_rounds / rfft_rounds_anchor.)
 """
 
@@ -35,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bench_rfnet import ROOT as RFNET_ROOT  # noqa: E402
 from bench.timing import Record  # noqa: E402
 
 ARMS = {"rfft": {"regulariser": "cc", "anchor": "none"}, "no_constraint": {"regulariser": "none", "anchor": "none"},
@@ -60,8 +62,8 @@ def retrain_judge(a, cfg, out: Path, r: int, pool: dict | None) -> tuple[dict, d
 
     tcfg = params.load("rfnet", TrainConfig, "params.yaml", {"batch_size": 64, "epochs": 4})  # bench_rfnet's
     if pool is None:  # bench_rfnet's batch and its 1-2-vote labels: what the first judge was trained on
-        cache = br.encode_batch(br.ROOT / "shards" / "cv", tcfg.model, br.ROOT / "features")
-        t, ok = br.as_targets(br.panel_labels(br.ROOT, "cv", cache["keys"])["train"])
+        cache = br.encode_batch(a.rfnet_root / "shards" / "cv", tcfg.model, a.rfnet_root / "features")
+        t, ok = br.as_targets(br.panel_labels(a.rfnet_root, "cv", cache["keys"])["train"])
         pool = {"cache": cache, "targets": t, "ok": ok}
     seen = out / "rounds" / "products"  # train + val products only: the test ones stay unseen by the judge
     if not (seen / "products.parquet").exists():
@@ -76,7 +78,7 @@ def retrain_judge(a, cfg, out: Path, r: int, pool: dict | None) -> tuple[dict, d
                                    guidance=cfg.guidance, controlnet_scale=cfg.controlnet_scale, seeds=1, seed=1000 + r,
                                    prompts=cfg.prompts, layout=cfg.layout, aux=cfg.aux, batch_size=8, threads=a.threads)
     generate.run(gcfg)
-    new = br.encode_batch(root / batch, tcfg.model, br.ROOT / "features")
+    new = br.encode_batch(root / batch, tcfg.model, a.rfnet_root / "features")
     pcfg = params.load("panel", panel.PanelConfig, "params.yaml", {"batch_id": batch, "shards": str(root)})
     feats = panel.sample_features(pcfg)
     verdicts = [panel.judge(feats[k], pcfg.rules) for k in new["keys"]]
@@ -111,6 +113,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=1, help="rounds of the loop per arm (relabel, retrain RFNet, continue)")
     ap.add_argument("--name", default="rfft", help="bench/results/<name>.json")
+    ap.add_argument("--rfnet-root", type=Path, default=RFNET_ROOT,
+                    help="bench_rfnet's --root, made with the same --base-model: its batch and 1-2-vote labels "
+                         "start the judge's pool, and the rounds' features are cached beside its own")
     ap.add_argument("--judge-lr", type=float, default=1e-3 / 3, help="RFNet retraining (bench_rfnet's CV choice)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
