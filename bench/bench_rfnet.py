@@ -356,7 +356,7 @@ def main() -> None:
     if a.prepare_only:
         return
     torch.set_num_threads(a.threads)
-    rec = timing.Record("rfnet_cv", vars(a) | {"root": str(a.root)})
+    rec = timing.Record("rfnet_cv", vars(a))
     t0 = last = time.perf_counter()
     laps = {}
 

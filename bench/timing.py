@@ -66,6 +66,7 @@ class Record:
     """Start it before the bench's work, `save` its results after; the file is rewritten each run."""
 
     def __init__(self, bench: str, args: dict):
+        args = {k: str(v) if isinstance(v, Path) else v for k, v in args.items()}  # argparse's type=Path
         self.data = {"bench": bench, "args": args, "started": dt.datetime.now().isoformat(timespec="seconds"),
                      "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                  "platform": platform.platform()},
