@@ -20,8 +20,8 @@ def test_span_coordinates_give_the_same_l2_logistic_regression_as_the_raw_featur
     tr, va = _span_coordinates(torch.from_numpy(x[rest]), torch.from_numpy(x[val]))
     assert tr.shape == (50, 50) and va.shape == (20, 50)
     for c in (0.01, 1.0):
-        fit = lambda a: LogisticRegression(C=c, tol=1e-10, max_iter=20_000).fit(a, y[rest])  # noqa: E731
-        raw = fit(x[rest].astype(np.float64)).predict_proba(x[val].astype(np.float64))[:, 1]
-        span = fit(tr).predict_proba(va)[:, 1]
+        model = LogisticRegression(C=c, tol=1e-10, max_iter=20_000)
+        raw = model.fit(x[rest].astype(np.float64), y[rest]).predict_proba(x[val].astype(np.float64))[:, 1]
+        span = model.fit(tr, y[rest]).predict_proba(va)[:, 1]
         np.testing.assert_allclose(span, raw, atol=1e-4)
         assert np.ptp(raw) > 0.05  # the model says something, so agreeing is not trivial
