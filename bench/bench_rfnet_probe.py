@@ -107,6 +107,8 @@ def main() -> None:
     rec = timing.Record("rfnet_probe", vars(a))
     t0 = time.perf_counter()
     batch = a.root / "shards" / "cv"
+    if not any(batch.glob("shard-*.parquet")):
+        sys.exit(f"no shards under {batch}: make them first with bench/bench_rfnet.py --prepare-only --root {a.root}")
     rows = sorted(shards.read_sidecars(batch).to_pylist(), key=lambda r: r["key"])
     keep = set(sorted({r["product_id"] for r in rows})[:MAIN_PRODUCTS])
     rows = [r for r in rows if r["product_id"] in keep]
