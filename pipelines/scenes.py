@@ -33,7 +33,7 @@ PROMPTS: dict[str, str] = {
     "snow": "a product on a snowy table outdoors in winter, pine trees, cold blue light",
 }
 
-CORPUS_VERSION = 2  # in the stamps of the models trained on renders: a model stamped with another is rebuilt
+CORPUS_VERSION = 3  # in the stamps of the models trained on renders: a model stamped with another is rebuilt
 
 
 def corpus_preset(i: int, kinds: int) -> int:
@@ -154,14 +154,19 @@ def _wall_scene(g, wall, floor):
 
 
 def _kitchen(rng, g):
+    """White marble counter under sage cabinets: a dark band over a white one, which survives the blur
+    that turns white-on-white marble into the same pale field as tiles, snow and the podium."""
     s = g.size
-    wall = _vgrad(s, _jit(rng, (0.93, 0.92, 0.88)), _jit(rng, (0.80, 0.78, 0.74)))
-    wx, ww = rng.uniform(0.05, 0.6) * s, rng.uniform(0.25, 0.4) * s
-    win = (g.x > wx) & (g.x < wx + ww) & (g.y > 0.05 * s) & (g.y < g.horizon - 0.1 * s)
-    wall = np.where(win[..., None], _vgrad(s, (0.70, 0.85, 0.98), (0.92, 0.96, 1.0)), wall)
-    wall = np.where((win & (np.abs(g.x - wx - ww / 2) < 1.0))[..., None], 0.85, wall)
+    low = g.horizon - rng.uniform(0.12, 0.3) * s  # the cabinets' bottom edge
+    cab = _jit(rng, (0.42, 0.56, 0.46), 0.05) * (0.9 + 0.2 * _noise(rng, s, s, s / 4))[..., None]
+    door = rng.uniform(0.18, 0.26) * s
+    seam = (np.abs(((g.x + rng.uniform(0, door)) % door) - door / 2) > door / 2 - 1.0) | (np.abs(g.y - low) < 1.5)
+    cab = np.where(seam[..., None], cab * 0.55, cab)
+    splash = _vgrad(s, _jit(rng, (0.95, 0.94, 0.90), 0.03), _jit(rng, (0.86, 0.85, 0.82), 0.03), low, g.horizon)
+    splash = np.where((np.abs((g.y - low) % (0.06 * s) - 0.03 * s) > 0.03 * s - 0.6)[..., None], splash * 0.85, splash)
+    wall = np.where((g.y < low)[..., None], cab, splash)
     vein = np.abs(_on_plane(_noise(rng, 128, 128, 12), g, 0.6) - 0.5)
-    marble = np.float32((0.95, 0.95, 0.93)) - 0.35 * np.clip(1 - vein / 0.025, 0, 1)[..., None]
+    marble = np.float32((0.96, 0.96, 0.94)) - 0.35 * np.clip(1 - vein / 0.05, 0, 1)[..., None]
     marble = marble * (0.93 + 0.07 * _on_plane(_noise(rng, 64, 64, 3), g, 1.0))[..., None]
     return _wall_scene(g, wall, marble)
 
@@ -183,7 +188,8 @@ def _living(rng, g):
     return _wall_scene(g, wall, wood)
 
 
-PASTELS = ((0.98, 0.80, 0.84), (0.80, 0.90, 0.98), (0.84, 0.96, 0.84), (0.98, 0.94, 0.78), (0.88, 0.82, 0.98))
+# Saturated enough that their mean (what a blurry generator draws when unsure) is still a pink, not white.
+PASTELS = ((0.96, 0.66, 0.74), (0.98, 0.74, 0.60), (0.82, 0.66, 0.94))
 
 
 def _studio(rng, g):
@@ -198,7 +204,7 @@ def _studio(rng, g):
     inside_top = ((g.x - cx) / w) ** 2 + ((g.y - top) / eh) ** 2 <= 1
     front = (np.abs(g.x - cx) <= w) & (g.y > top) & (g.y <= s + 1) & ~inside_top
     shade = 0.75 + 0.2 * np.cos(np.clip((g.x - cx) / w, -1, 1) * np.pi / 2 + 0.6 * g.light)
-    pod = _jit(rng, np.minimum(hue * 1.05, 1), 0.02)
+    pod = _jit(rng, (0.97, 0.96, 0.95), 0.02)  # a white podium on the coloured set
     img = np.where(front[..., None], pod * shade[..., None], img)
     img = np.where(inside_top[..., None], np.minimum(pod * 1.05, 1), img)
     ztop = g.z[min(int(top), s - 1), 0]  # the product stands at the top's centre; the front is nearer
@@ -226,27 +232,41 @@ def _forest(rng, g):
 
 
 def _concrete(rng, g):
+    """Board-formed concrete under a hard spot: dark panel seams and tie holes on a mid-grey wall, a
+    darker floor; grey alone blurs into mud."""
     s = g.size
-    grey = rng.uniform(0.45, 0.65)
+    grey = rng.uniform(0.42, 0.55)
     wall = np.full((s, s, 3), grey, np.float32) * np.float32((0.98, 1.0, 1.03))
-    spot = np.exp(-((g.x - s / 2 + 0.3 * s * g.light) ** 2 + (g.y - 0.3 * s) ** 2) / (0.3 * s) ** 2)
-    wall = wall * (0.75 + 0.5 * spot[..., None]) * (0.9 + 0.2 * _noise(rng, s, s, 10))[..., None]
-    floor = _on_plane(_noise(rng, 128, 128, 8), g, 0.8)[..., None] * 0.25 + grey * 0.85
+    spot = np.exp(-((g.x - s / 2 + 0.3 * s * g.light) ** 2 + (g.y - 0.3 * s) ** 2) / (0.25 * s) ** 2)
+    wall = wall * (0.7 + 0.7 * spot[..., None]) * (0.9 + 0.2 * _noise(rng, s, s, 10))[..., None]
+    pw, ph = rng.uniform(0.3, 0.45) * s, rng.uniform(0.18, 0.26) * s
+    ox, oy = rng.uniform(0, pw), rng.uniform(0, ph)
+    u, v = (g.x + ox) % pw, (g.y + oy) % ph
+    seam = (np.minimum(u, pw - u) < 0.9) | (np.minimum(v, ph - v) < 0.9)
+    holes = np.hypot(np.minimum(u, pw - u) - pw / 4, np.minimum(v, ph - v) - ph / 2) < 1.6
+    wall = np.where((seam | holes)[..., None], wall * 0.6, wall)
+    floor = _on_plane(_noise(rng, 128, 128, 8), g, 0.8)[..., None] * 0.2 + grey * 0.6
     specks = _on_plane((rng.random((128, 128)) > 0.97).astype(np.float32), g, 1.0)
-    floor = floor * np.float32((1.0, 1.0, 1.02)) - 0.2 * specks[..., None]
+    floor = floor * np.float32((1.0, 1.0, 1.02)) - 0.15 * specks[..., None]
     img, depth, surface = _wall_scene(g, wall, floor)
     return img + _grain(rng, s, 0.025), depth, surface
 
 
 def _tiles(rng, g):
+    """White wall tiles with dark grout, large enough for the grid to outlast the blur, over a
+    blue-grey floor (white on white was a pale field)."""
     s = g.size
-    tile = _jit(rng, (0.93, 0.95, 0.96), 0.04) if rng.random() < 0.6 else _jit(rng, (0.78, 0.90, 0.90), 0.04)
-    t = rng.uniform(0.12, 0.2) * s  # wall tiles: a square grid facing the camera
-    grout = (np.minimum(g.x % t, g.y % t) < 1.2)
-    wall = np.where(grout[..., None], tile * 0.7, tile) * _vgrad(s, (1.0, 1.0, 1.0), (0.85, 0.86, 0.88))
+    tile = _jit(rng, (0.94, 0.96, 0.97), 0.03)
+    t = rng.uniform(0.18, 0.26) * s  # wall tiles: a square grid facing the camera
+    ox, oy = rng.uniform(0, t, 2)
+    u, v = (g.x + ox) % t, (g.y + oy) % t
+    grout = np.minimum(np.minimum(u, t - u), np.minimum(v, t - v)) < 1.3
+    wall = np.where(grout[..., None], np.float32((0.30, 0.33, 0.36)), tile) * _vgrad(s, (1.0, 1.0, 1.0),
+                                                                                      (0.88, 0.89, 0.9))
+    floor_tile = _jit(rng, (0.45, 0.55, 0.65), 0.05)
     gt = rng.uniform(0.3, 0.5)  # floor tiles, in the plane
     fgrout = (np.minimum((g.X / gt) % 1, (g.z / gt) % 1) < 0.06)
-    floor = np.where(fgrout[..., None], tile * 0.65, tile * 0.95)
+    floor = np.where(fgrout[..., None], floor_tile * 0.6, floor_tile)
     floor = cv2.GaussianBlur(floor, (0, 0), 0.6)
     return _wall_scene(g, wall, floor)
 
