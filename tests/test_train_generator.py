@@ -116,7 +116,6 @@ def test_adding_a_decoder_finetune_keeps_the_unet_and_equals_a_full_run(tmp_path
     assert folder_hash(tmp_path / "old") == folder_hash(tmp_path / "full")
 
 
-
 def colour_error(groups: int) -> float:
     """Mean |error| of the block colours (16 px blocks) of unseen scenes after a short VAE training."""
     from pipelines.train_generator import _to_tensor, build_vae, corpus
