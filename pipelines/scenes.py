@@ -154,17 +154,13 @@ def _wall_scene(g, wall, floor):
 
 
 def _kitchen(rng, g):
-    """White marble counter under sage cabinets: a dark band over a white one, which survives the blur
+    """White marble counter against sage cabinets: a dark band over a white one, which survives the blur
     that turns white-on-white marble into the same pale field as tiles, snow and the podium."""
     s = g.size
-    low = g.horizon - rng.uniform(0.12, 0.3) * s  # the cabinets' bottom edge
     cab = _jit(rng, (0.42, 0.56, 0.46), 0.05) * (0.9 + 0.2 * _noise(rng, s, s, s / 4))[..., None]
-    door = rng.uniform(0.18, 0.26) * s
-    seam = (np.abs(((g.x + rng.uniform(0, door)) % door) - door / 2) > door / 2 - 1.0) | (np.abs(g.y - low) < 1.5)
-    cab = np.where(seam[..., None], cab * 0.55, cab)
-    splash = _vgrad(s, _jit(rng, (0.95, 0.94, 0.90), 0.03), _jit(rng, (0.86, 0.85, 0.82), 0.03), low, g.horizon)
-    splash = np.where((np.abs((g.y - low) % (0.06 * s) - 0.03 * s) > 0.03 * s - 0.6)[..., None], splash * 0.85, splash)
-    wall = np.where((g.y < low)[..., None], cab, splash)
+    door = rng.uniform(0.18, 0.26) * s  # cabinet doors down to the counter: its back edge is the strongest step
+    seam = np.abs(((g.x + rng.uniform(0, door)) % door) - door / 2) > door / 2 - 1.0
+    wall = np.where(seam[..., None], cab * 0.55, cab)
     vein = np.abs(_on_plane(_noise(rng, 128, 128, 12), g, 0.6) - 0.5)
     marble = np.float32((0.96, 0.96, 0.94)) - 0.35 * np.clip(1 - vein / 0.05, 0, 1)[..., None]
     marble = marble * (0.93 + 0.07 * _on_plane(_noise(rng, 64, 64, 3), g, 1.0))[..., None]
@@ -233,7 +229,8 @@ def _forest(rng, g):
 
 def _concrete(rng, g):
     """Board-formed concrete under a hard spot: dark panel seams and tie holes on a mid-grey wall, a
-    darker floor; grey alone blurs into mud."""
+    floor dark enough that the wall's foot steps more than a seam (the panel's ground line); grey alone
+    blurs into mud."""
     s = g.size
     grey = rng.uniform(0.42, 0.55)
     wall = np.full((s, s, 3), grey, np.float32) * np.float32((0.98, 1.0, 1.03))
@@ -245,7 +242,7 @@ def _concrete(rng, g):
     seam = (np.minimum(u, pw - u) < 0.9) | (np.minimum(v, ph - v) < 0.9)
     holes = np.hypot(np.minimum(u, pw - u) - pw / 4, np.minimum(v, ph - v) - ph / 2) < 1.6
     wall = np.where((seam | holes)[..., None], wall * 0.6, wall)
-    floor = _on_plane(_noise(rng, 128, 128, 8), g, 0.8)[..., None] * 0.2 + grey * 0.6
+    floor = _on_plane(_noise(rng, 128, 128, 8), g, 0.8)[..., None] * 0.12 + grey * 0.4
     specks = _on_plane((rng.random((128, 128)) > 0.97).astype(np.float32), g, 1.0)
     floor = floor * np.float32((1.0, 1.0, 1.02)) - 0.15 * specks[..., None]
     img, depth, surface = _wall_scene(g, wall, floor)
@@ -253,17 +250,18 @@ def _concrete(rng, g):
 
 
 def _tiles(rng, g):
-    """White wall tiles with dark grout, large enough for the grid to outlast the blur, over a
-    blue-grey floor (white on white was a pale field)."""
+    """White wall tiles with grey grout, large enough for the grid to outlast the blur, over a dark
+    blue-grey floor (white on white was a pale field); the grout is lighter than the floor is dark, so a
+    grout row steps less than the floor's back edge (the panel's ground line)."""
     s = g.size
     tile = _jit(rng, (0.94, 0.96, 0.97), 0.03)
     t = rng.uniform(0.18, 0.26) * s  # wall tiles: a square grid facing the camera
     ox, oy = rng.uniform(0, t, 2)
     u, v = (g.x + ox) % t, (g.y + oy) % t
     grout = np.minimum(np.minimum(u, t - u), np.minimum(v, t - v)) < 1.3
-    wall = np.where(grout[..., None], np.float32((0.30, 0.33, 0.36)), tile) * _vgrad(s, (1.0, 1.0, 1.0),
+    wall = np.where(grout[..., None], np.float32((0.50, 0.53, 0.56)), tile) * _vgrad(s, (1.0, 1.0, 1.0),
                                                                                       (0.88, 0.89, 0.9))
-    floor_tile = _jit(rng, (0.45, 0.55, 0.65), 0.05)
+    floor_tile = _jit(rng, (0.30, 0.38, 0.50), 0.04)
     gt = rng.uniform(0.3, 0.5)  # floor tiles, in the plane
     fgrout = (np.minimum((g.X / gt) % 1, (g.z / gt) % 1) < 0.06)
     floor = np.where(fgrout[..., None], floor_tile * 0.6, floor_tile)
