@@ -162,10 +162,10 @@ def _kitchen(rng, g):
     cab = _jit(rng, (0.42, 0.56, 0.46), 0.05) * (0.9 + 0.2 * _noise(rng, s, s, s / 4))[..., None]
     door = rng.uniform(0.18, 0.26) * s  # cabinet doors down to the counter: its back edge is the strongest step
     u = (g.x + rng.uniform(0, door)) % door
-    seam = np.minimum(u, door - u) < 1.1
-    wall = np.where(seam[..., None], cab * 0.55, cab)
+    to_seam = np.minimum(u, door - u)
+    wall = np.where((to_seam < 1.1)[..., None], cab * 0.55, cab)
     pull_y = g.horizon - rng.uniform(0.10, 0.16) * s  # vertical pulls beside each seam, a door's height up
-    pull = (np.abs(np.minimum(u, door - u) - 3.0) < 1.0) & (np.abs(g.y - pull_y) < 0.06 * s)
+    pull = (np.abs(to_seam - 3.0) < 1.0) & (np.abs(g.y - pull_y) < 0.06 * s)
     wall = np.where(pull[..., None], _jit(rng, (0.85, 0.66, 0.30), 0.04), wall)
     vein = np.abs(_on_plane(_noise(rng, 128, 128, 12), g, 0.6) - 0.5)
     marble = np.float32((0.96, 0.96, 0.94)) - 0.35 * np.clip(1 - vein / 0.05, 0, 1)[..., None]

@@ -66,3 +66,20 @@ def test_product_stands_on_the_surface_with_a_contact_shadow(preset, placed):
         under, level = (im[rows][:, cols].astype(float).mean() for im in (s.image, plain.image))
         darker.append(under / max(level, 1))
     assert darker and np.mean(darker) < 0.8
+
+
+@pytest.mark.parametrize("preset", ["kitchen", "living", "beach", "forest", "concrete", "tiles"])
+def test_the_panels_ground_line_finds_the_rendered_horizon(preset):
+    """The panel judges space and size from the strongest row step of the background, so a preset must not
+    draw a stronger one than its horizon (a redraw with cabinets over a white backsplash made the detector
+    miss every kitchen). Studio (the podium top) and snow (the snowfield behind the table) are known misses."""
+    from annotation.rules import ground_line
+
+    layout = LayoutConfig(size=128, scale_range=(0.6, 0.9), jitter=0.1)
+    prods = [p[3] for p in synthetic_products(ProductsConfig(count=4, seed=11, truncated_every=0))]
+    errors = []
+    for j in range(20):
+        c = make_conditions(prods[j % 4], layout, draw_layout(layout, np.random.default_rng([7, j])))
+        scene = render(preset, 6000 + j, 128, c.product)
+        errors.append(abs(ground_line(scene.image, c.product[..., 3])[0] - scene.horizon))
+    assert np.mean(np.array(errors) <= 3) >= 0.5, errors  # 0.70-1.00 per preset in bench_failures
