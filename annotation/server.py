@@ -36,6 +36,7 @@ import requests
 from annotation.client import DEFAULT_URL
 
 LS_VERSION = "1.23.2"
+LS_CONSTRAINTS = Path(__file__).with_name("label-studio-constraints.txt")
 # Variables Label Studio also reads under bare names (get_env tries LABEL_STUDIO_X, HEARTEX_X, X):
 # stray CI values for these must not leak into the server.
 LEAKY = ("USERNAME", "PASSWORD", "HOST", "PORT", "USER_TOKEN", "DATA_DIR", "DEBUG")
@@ -95,20 +96,32 @@ def credentials(dotenv: str | Path = ".env") -> dict[str, str]:
 
 
 def install(cfg: ServerConfig) -> Path:
-    """Create the server's venv with the pinned Label Studio (once)."""
+    """Create the server's venv with the pinned Label Studio, every dependency at the version in
+    `label-studio-constraints.txt` (once, and again whenever that file changes).
+
+    Pinning Label Studio alone is not enough: its own dependency ranges are open, and sentry-sdk 3.0
+    (2026-12) made 1.23.2 exit at start ("Unknown option 'send_default_pii'"), so a fresh install broke
+    where an old one kept working. The constraints are the freeze of a venv that passed `make test`."""
     exe = Path(cfg.venv) / "bin" / "label-studio"
-    if not exe.exists():
-        print(f"installing label-studio=={LS_VERSION} into {cfg.venv} (its own venv; about 1 GB) ...",
-              file=sys.stderr)
-        uv = shutil.which("uv", path=str(Path(sys.executable).parent))  # `make install` puts it beside python
-        py = str(Path(cfg.venv) / "bin" / "python")
-        if uv:  # about 30 s against pip's 3 to 4 min (README, installs)
-            subprocess.run([uv, "venv", "-q", "--clear", "--python", sys.executable, cfg.venv], check=True)
-            subprocess.run([uv, "pip", "install", "-q", "--python", py, f"label-studio=={LS_VERSION}"], check=True)
-        else:
+    stamp = Path(cfg.venv) / ".rf1m-constraints"
+    wanted = LS_CONSTRAINTS.read_text()
+    if exe.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return exe
+    print(f"{'updating' if exe.exists() else 'installing'} label-studio=={LS_VERSION} in {cfg.venv} (its own venv; about "
+          f"1 GB) to {LS_CONSTRAINTS.name} ...", file=sys.stderr)
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent))  # `make install` puts it beside python
+    py = str(Path(cfg.venv) / "bin" / "python")
+    pins = ["-c", str(LS_CONSTRAINTS), f"label-studio=={LS_VERSION}"]
+    if uv:  # about 30 s against pip's 3 to 4 min (README, installs)
+        if not Path(py).exists():
+            subprocess.run([uv, "venv", "-q", "--python", sys.executable, cfg.venv], check=True)
+        subprocess.run([uv, "pip", "install", "-q", "--python", py, *pins], check=True)
+    else:
+        if not Path(py).exists():
             subprocess.run([sys.executable, "-m", "venv", cfg.venv], check=True)
             subprocess.run([py, "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
-            subprocess.run([py, "-m", "pip", "install", "-q", f"label-studio=={LS_VERSION}"], check=True)
+        subprocess.run([py, "-m", "pip", "install", "-q", *pins], check=True)
+    stamp.write_text(wanted)
     return exe
 
 
