@@ -1,7 +1,7 @@
 """The trained-CNN arm of the RFNet bench learns, from its own inputs and targets, a rule that only a
 line's height decides (as the panel's ground-line rules are). Pairing a batch's inputs with other
-samples' targets still ranks the held-out samples (AP 0.96, through BatchNorm's batch statistics) but
-leaves them near 0.5 (0.58 against 0.54), so the test asks for confident, correct probabilities."""
+samples' targets still ranked the held-out samples (AP 0.96; why, not found) but left them near 0.5
+(0.58 against 0.54), so the test asks for confident, correct probabilities as well."""
 
 import numpy as np
 import torch
