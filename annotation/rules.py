@@ -40,6 +40,9 @@ HEIGHT_BY_WORD = {
     "bottle": 0.22, "can": 0.12, "jar": 0.11, "cup": 0.10, "mug": 0.10, "glass": 0.12, "tube": 0.16,
     "box": 0.20, "lamp": 0.45, "vase": 0.30, "watch": 0.05, "phone": 0.15, "laptop": 0.25,
     "speaker": 0.20, "chair": 0.90, "fridge": 1.80, "plant": 0.40, "candle": 0.12, "perfume": 0.12,
+    "shampoo": 0.25, "earbuds": 0.05, "subwoofer": 0.40, "tin": 0.08, "thermos": 0.28, "spice": 0.08,
+    "cookie": 0.25, "slipper": 0.08, "espresso": 0.06, "pitcher": 0.25, "lipstick": 0.08, "toothpaste": 0.20,
+    "clutch": 0.14,
 }
 HEIGHT_BY_CATEGORY = {
     "beauty": 0.18, "electronics": 0.20, "beverage": 0.15, "grocery": 0.12, "footwear": 0.12,

@@ -9,7 +9,8 @@ not-available sample's failure depends on the seed or prompt: the layout is a fu
 sample counts as fixable when another seed of the same prompt (or another prompt) gives an available
 sample of that product. Reported: the oracle's available rate (target 40-75%), each reason's count
 (every reason must occur), per prompt x reason rates, the fixable share (target >= 0.5), and the
-simulated panel's agreement with the oracle (Krippendorff's alpha on the verdict, and pairwise).
+simulated panel's agreement with the oracle (Krippendorff's alpha on the verdict, and pairwise), and
+how many verdicts the caption's noun alone decides (the same pixels judged under the kind's other nouns).
 
     nice -n 5 .venv/bin/python bench/bench_failures.py [--products 25] [--seeds 8] [--main 2]
 Writes bench/results/failures.json.
@@ -127,6 +128,24 @@ def dependence(feats: dict, oracle: dict, main_keys: list[str], seed_index: dict
     return out
 
 
+def caption_dependence(feats: dict, oracle: dict, main_keys: list[str], rules) -> dict:
+    """How much the verdict depends on the caption alone: each main sample judged again with its title's
+    noun swapped for each other noun of its kind (`products.NOUNS`), pixels unchanged. `any_other_noun`:
+    the share whose verdict differs under at least one; `mean_over_other_nouns`: averaged over them. What
+    an image-only judge cannot know, however well it sees."""
+    kind_of = {n: k for k, ns in products.NOUNS.items() for n in ns}
+    any_change, mean_change = [], []
+    for k in main_keys:
+        f = feats[k]
+        brand, colour, noun = f["title"].split(" ", 2)
+        others = [n for n in products.NOUNS[kind_of[noun]] if n != noun]
+        changed = [judge({**f, "title": f"{brand} {colour} {n}"}, rules)[0] != oracle[k][0] for n in others]
+        any_change.append(any(changed))
+        mean_change.append(np.mean(changed))
+    return {"samples": len(main_keys), "any_other_noun": round(float(np.mean(any_change)), 3),
+            "mean_over_other_nouns": round(float(np.mean(mean_change)), 3)}
+
+
 def panel_agreement(pcfg, feats: dict, keys: list[str], oracle: dict) -> dict:
     """Every simulated annotator judges every main sample (its noise seeded per sample, as in Label
     Studio): verdict accuracy and Cohen's kappa against the oracle, Krippendorff's alpha among them."""
@@ -172,11 +191,12 @@ def main():
         "oracle": rates([oracle[k] for k in main_keys]), "reason_counts": {x: counts[x] for x in REASON_ORDER},
         "per_prompt": {p: rates([oracle[k] for k in main_keys if feats[k]["prompt_id"] == p]) for p in PROMPTS},
         "dependence": dependence(feats, oracle, main_keys, seed_index),
+        "caption_dependence": caption_dependence(feats, oracle, main_keys, pcfg.rules),
         "panel_vs_oracle": panel_agreement(pcfg, feats, main_keys, oracle),
         "ground_detector_vs_rendered_truth": detector_error(gcfg),
         "targets": {"available": [0.40, 0.75], "every_reason": True, "fixed_by_other_seed_or_prompt": 0.5},
     }
-    print(json.dumps({k: report[k] for k in ("oracle", "reason_counts", "dependence")}, indent=1))
+    print(json.dumps({k: report[k] for k in ("oracle", "reason_counts", "dependence", "caption_dependence")}, indent=1))
     rec.save(**report)
 
 

@@ -140,11 +140,15 @@ def output_settings(cfg: GenerateConfig) -> dict:
     return {f.name: values[f.name] for f in fields(cfg) if f.metadata.get(AFFECTS_OUTPUT)}
 
 
-def fingerprint(cfg: GenerateConfig, revisions: tuple[str, str], specs: list[dict], product_shas: dict) -> str:
+PRODUCT_FIELDS = ("sha", "title", "category", "truncated")  # what a shard records of its products
+
+
+def fingerprint(cfg: GenerateConfig, revisions: tuple[str, str], specs: list[dict], products: dict) -> str:
     """What a shard was made from: schema version, output settings, resolved model revisions, its
-    samples and the bytes of their products. A shard whose stats carry it is skipped."""
+    samples, and the bytes and metadata of their products (`PRODUCT_FIELDS`: a retitled product's
+    recipes must carry the new caption). A shard whose stats carry it is skipped."""
     return hashlib.sha256(json.dumps(
-        [schema.SCHEMA_VERSION, output_settings(cfg), revisions, specs, product_shas],
+        [schema.SCHEMA_VERSION, output_settings(cfg), revisions, specs, products],
         sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -157,7 +161,8 @@ def cut(cfg: GenerateConfig, specs: list[dict], products: dict[str, dict], revis
         used = {s["product_id"]: products[s["product_id"]] for s in chunk}
         jobs.append({"cfg": cfg, "dir": directory, "stem": f"shard-{j // cfg.maxcount:06d}", "specs": chunk,
                      "products": used, "revisions": revisions,
-                     "fingerprint": fingerprint(cfg, revisions, chunk, {k: v["sha"] for k, v in used.items()})})
+                     "fingerprint": fingerprint(cfg, revisions, chunk,
+                                                  {k: [v[f] for f in PRODUCT_FIELDS] for k, v in used.items()})})
     return jobs
 
 

@@ -62,6 +62,14 @@ COLOURS = {"red": (200, 40, 40), "green": (40, 150, 70), "blue": (40, 80, 200), 
            "black": (30, 30, 35), "teal": (30, 150, 150), "brown": (120, 75, 40), "silver": (185, 190, 195)}
 KINDS = {"bottle": "beauty", "box": "electronics", "can": "beverage", "jar": "grocery", "shoe": "footwear",
          "cup": "kitchen", "tube": "personal care", "bag": "fashion"}
+# What a title may call each kind. One silhouette stands for things of very different real sizes (a
+# cylinder is a tea tin or a thermos), as in a real catalogue, where only the caption says which: the
+# panel's size rule reads the real height from the title's noun (annotation.rules), so a judge that
+# ignores the caption cannot tell the two apart.
+NOUNS = {"bottle": ("bottle", "perfume", "shampoo"), "box": ("box", "earbuds case", "subwoofer"),
+         "can": ("can", "tea tin", "thermos"), "jar": ("jar", "spice jar", "cookie jar"),
+         "shoe": ("shoe", "slipper", "boot"), "cup": ("cup", "espresso cup", "pitcher"),
+         "tube": ("tube", "lipstick", "toothpaste"), "bag": ("bag", "clutch", "backpack")}
 BRANDS = ("Nordic", "Crème", "Aurora", "Kōji", "Vela", "Zephyr", "Mirth", "Solène", "Tundra", "Orbit")
 
 
@@ -120,12 +128,24 @@ def _draw(kind: str, colour: tuple, rng: np.random.Generator, side: int) -> np.n
     return arr
 
 
+def synthetic_kind(i: int) -> str:
+    """The kind of the i-th synthetic product: products cycle through `KINDS`."""
+    return list(KINDS)[i % len(KINDS)]
+
+
+def synthetic_noun(i: int) -> str:
+    """The i-th synthetic product's noun: each kind's products cycle through its `NOUNS`. It draws
+    nothing from the catalog's random stream, so the images are those of a catalog without nouns."""
+    nouns = NOUNS[synthetic_kind(i)]
+    return nouns[(i // len(KINDS)) % len(nouns)]
+
+
 def synthetic_products(cfg: ProductsConfig):
     """Yield (product_id, title, category, rgba) for a deterministic procedural catalog."""
     rng = np.random.default_rng(cfg.seed)
-    kinds, colours = list(KINDS), list(COLOURS)
+    colours = list(COLOURS)
     for i in range(cfg.count):
-        kind = kinds[i % len(kinds)]
+        kind = synthetic_kind(i)
         colour = colours[int(rng.integers(len(colours)))]
         brand = BRANDS[int(rng.integers(len(BRANDS)))]
         rgba = _draw(kind, COLOURS[colour], rng, cfg.size)
@@ -136,7 +156,7 @@ def synthetic_products(cfg: ProductsConfig):
         if cfg.truncated_every and i % cfg.truncated_every == cfg.truncated_every - 1:
             rgba = np.roll(rgba, cfg.size // 3, axis=0)  # slide down: the bottom leaves the frame ...
             rgba[: cfg.size // 3] = 0  # ... and does not come back at the top
-        yield f"p{i:05d}", f"{brand} {colour} {kind}", KINDS[kind], rgba
+        yield f"p{i:05d}", f"{brand} {colour} {synthetic_noun(i)}", KINDS[kind], rgba
 
 
 def truncated(alpha: np.ndarray, share: float) -> bool:

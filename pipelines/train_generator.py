@@ -39,7 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipelines.conditions import LayoutConfig, draw_layout, make_conditions
-from pipelines.products import KINDS, ProductsConfig, synthetic_products
+from pipelines.products import KINDS, ProductsConfig, synthetic_kind, synthetic_products
 from pipelines.scenes import CORPUS_VERSION, NEGATIVE, PROMPTS, corpus_preset, render
 
 
@@ -85,12 +85,12 @@ def corpus(cfg: GeneratorConfig) -> dict[str, np.ndarray]:
     images = np.zeros((cfg.images, cfg.size, cfg.size, 3), np.uint8)
     masks = np.zeros((cfg.images, cfg.size, cfg.size), np.uint8)
     kinds = []
-    for i, (_, title, _, rgba) in enumerate(tqdm(prods, total=cfg.images, desc="render scenes", unit="img")):
+    for i, (_, _, _, rgba) in enumerate(tqdm(prods, total=cfg.images, desc="render scenes", unit="img")):
         rng = np.random.default_rng([cfg.seed, i])
         c = make_conditions(rgba, layout, draw_layout(layout, rng))
         images[i] = render(presets[prompt[i]], cfg.seed * 1_000_003 + i, cfg.size, c.product).image
         masks[i] = c.mask
-        kinds.append(title.rsplit(" ", 1)[1])
+        kinds.append(synthetic_kind(i))
     return {"images": images, "masks": masks, "prompt": prompt, "kind": np.array(kinds)}
 
 

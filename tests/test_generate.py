@@ -10,6 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
@@ -67,6 +69,23 @@ def test_rerun_skips_and_stale_shards_are_rebuilt(tmp_path, tiny_model):
     assert generate.run(cfg)["generated_now"] == 0
     again = generate.run(replace(cfg, guidance=3.0))  # a recipe change makes every shard stale
     assert again["generated_now"] == 2
+    assert set(keys_in(tmp_path / "shards" / "t").values()) == {1}
+
+
+def test_a_retitled_product_rebuilds_its_shards(tmp_path, tiny_model):
+    """The recipe carries the title (RFNet's caption, the panel's size norm): a product retitled by
+    new metadata must not keep its old caption. Before, only the product's bytes were fingerprinted,
+    so the re-run skipped every shard and the sidecar kept the old title."""
+    products.run(products.ProductsConfig(count=2, size=96, out=str(tmp_path / "products")))
+    cfg = small_config(tmp_path, tiny_model, seeds=1, maxcount=1)
+    generate.run(cfg)
+    table = tmp_path / "products" / "products.parquet"
+    rows = pq.read_table(table).to_pylist()
+    rows[0]["title"] = "Vela red thermos"
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(table)), table)
+    assert generate.run(cfg)["generated_now"] == 1  # the other product's shard is untouched
+    titles = {r["product_id"]: r["title"] for r in shards.read_sidecars(tmp_path / "shards" / "t").to_pylist()}
+    assert titles[rows[0]["product_id"]] == "Vela red thermos"
     assert set(keys_in(tmp_path / "shards" / "t").values()) == {1}
 
 

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import struct
@@ -8,7 +9,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipelines.products import ProductsConfig, run, synthetic_products, truncated
+from annotation.rules import Rules, judge, norm_height
+from pipelines.products import KINDS, NOUNS, ProductsConfig, run, synthetic_products, truncated
 
 
 def rgba_product(path: Path, size=64):
@@ -88,6 +90,33 @@ def test_synthetic_catalog_is_deterministic_by_seed():
     assert all(np.array_equal(x[3], y[3]) for x, y in zip(a, b))
     assert any(not np.array_equal(x[3], y[3]) for x, y in zip(a, c))
     assert all(x[3][..., 3].any() for x in a)
+
+
+def test_synthetic_titles_carry_the_size_the_silhouette_does_not():
+    """Products of one kind share a silhouette but not a real size: the caption's noun says which, so a
+    judge must read the caption to judge size. Fails if titles go back to naming the kind alone."""
+    titles = {}
+    for i, (_, title, category, _) in enumerate(synthetic_products(ProductsConfig(count=48, size=64))):
+        titles.setdefault(list(KINDS)[i % len(KINDS)], set()).add((title.split(" ", 2)[2], category))
+    for kind, seen in titles.items():
+        assert {noun for noun, _ in seen} == set(NOUNS[kind])  # every noun is drawn
+        norms = [norm_height(f"Vela red {noun}", cat) for noun, cat in seen]
+        assert None not in norms and max(norms) / min(norms) >= 2, (kind, norms)  # the panel knows each
+    # the same pixels and perspective (0.5 x 0.1 / 0.2 = 0.25 m implied): a shampoo fits, a perfume does not
+    f = {"base": 0.9, "height": 0.5, "ground": 0.7, "ground_step": 30.0, "contrast": 99.0, "busy": 0.0, "halo": 1.0}
+    assert judge({**f, "title": "Vela red shampoo", "category": "beauty"}, Rules(size_tol=2)) == ("available", [])
+    assert judge({**f, "title": "Vela red perfume", "category": "beauty"}, Rules(size_tol=2))[1] == ["size_mismatch"]
+
+
+def test_synthetic_product_images_are_those_the_generator_was_trained_on():
+    """models/scene-generator and models/depth-net are trained on these pixels and rebuilt only when
+    `scenes.CORPUS_VERSION` changes: a change to the drawing or its random stream must bump it (and
+    this digest). The digest is the catalog's before titles got their nouns, which draw nothing."""
+    h = hashlib.sha256()
+    for _, _, category, rgba in synthetic_products(ProductsConfig(count=24, size=64)):
+        h.update(rgba.tobytes())
+        h.update(category.encode())
+    assert h.hexdigest() == "1703dce2e2a8d7f1e465b1dd3dda679171c3a6ceb67e8983ec1f9bd0c83aa632"
 
 
 def test_products_cut_off_by_the_frame_are_flagged(tmp_path):
