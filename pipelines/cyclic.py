@@ -12,6 +12,7 @@ so push, prelabel and release read the batch as any other), then the attempts ta
 the table and continues each slot at its next attempt; a chunk killed between the two writes is
 redone under the same shard name, so no sample and no attempt is ever recorded twice. Shards whose
 samples the table does not list as accepted (left by such a kill) are removed before work starts.
+A batch whose attempts were made from other inputs (`inputs_fingerprint`) starts over instead.
 """
 
 from __future__ import annotations
@@ -125,9 +126,36 @@ def _drop_orphans(directory: Path, accepted: set[str]) -> None:
         tmp.unlink()
 
 
+def inputs_fingerprint(gen: generate.GenerateConfig, revisions: tuple[str, str], by_id: dict, judge) -> str:
+    """What every attempt is made from: generate's output settings (seeds aside: they grow with K), the
+    models' revisions, the products' bytes and metadata, and the judge with its threshold. K is left
+    out, so a run with a larger K continues the slots that never succeeded."""
+    return generate.fingerprint(replace(gen, seeds=1), revisions, [{"judge": judge.model_version,
+                                                                    "threshold": judge.threshold}],
+                                {k: [v[f] for f in generate.PRODUCT_FIELDS] for k, v in by_id.items()})
+
+
+def _start_over_if_stale(directory: Path, table_path: Path, rows: list[dict], fp: str, batch: str) -> list[dict]:
+    """Attempts made from other inputs (a retrained judge or generator, retitled products) describe
+    another experiment: resuming would mix them into this one, and with every slot decided a re-run
+    would change nothing at all (what DVC's persisted outs did before). The batch starts over, and says so."""
+    stamp = directory / "inputs.json"
+    old = json.loads(stamp.read_text()).get("fingerprint") if stamp.exists() else None
+    if rows and old != fp:
+        print(f"cyclic {batch}: its {len(rows)} attempts were made from other inputs (generator, products, "
+              "judge or settings): starting the batch over")
+        for f in [*directory.glob("shard-*"), directory / "quarantine.jsonl", directory / "batch.json", table_path]:
+            f.unlink(missing_ok=True)
+        rows = []
+    write_json(stamp, {"fingerprint": fp})
+    return rows
+
+
 def run(cfg: CyclicConfig, judge=None) -> dict:
     """`judge`: callable like RFNetJudge (with model_version and threshold); default: cfg.checkpoint's RFNet."""
     import torch
+
+    from pipelines.models import resolve_revision
 
     gen = replace(cfg.generate, batch_id=cfg.batch, seeds=cfg.max_attempts)
     products = read_products(gen.products)
@@ -137,24 +165,23 @@ def run(cfg: CyclicConfig, judge=None) -> dict:
     root = Path(gen.products)
     by_id = {p["product_id"]: {**p, "path": str(root / p["image"]),
                                "sha": generate._file_sha(root / p["image"])} for p in products}
+    base = resolve_revision(gen.base_model, gen.revision)
+    revisions = (base, resolve_revision(gen.controlnet_model, gen.controlnet_revision) if gen.controlnet_model else base)
     slots = _slots(gen, products)
     table_path = paths.Layout(cfg.data).attempts(cfg.batch)
+    directory = Path(gen.out) / cfg.batch
+    directory.mkdir(parents=True, exist_ok=True)
     rows = tables.read(tables.ATTEMPTS, table_path, missing_ok=True).to_pylist()
+    rows = _start_over_if_stale(directory, table_path, rows, inputs_fingerprint(gen, revisions, by_id, judge), cfg.batch)
     planned = {(s["product_id"], s["prompt_id"], a + 1): s for slot in slots for a, s in enumerate(slot)}
     for r in rows:
         spec = planned.get((r["product_id"], r["prompt_id"], r["attempt"]))
         if spec is None or spec["seed"] != r["seed"] or r["batch_id"] != cfg.batch:
             raise ValueError(f"{table_path} was made with another plan (attempt {r['attempt']} of {r['key']}); "
                              "use a new cyclic batch or delete the batch's attempts and shards")
-    directory = Path(gen.out) / cfg.batch
-    directory.mkdir(parents=True, exist_ok=True)
     _drop_orphans(directory, {r["key"] for r in rows if r["accepted"]})
 
     torch.set_num_threads(gen.threads)
-    from pipelines.models import resolve_revision
-
-    base = resolve_revision(gen.base_model, gen.revision)
-    revisions = (base, resolve_revision(gen.controlnet_model, gen.controlnet_revision) if gen.controlnet_model else base)
     pipe, aux = worker.load_models(gen, revisions)
     shared = worker.batch_recipe(gen, pipe, revisions)
     prompts = {p.id: p for p in gen.prompts}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -83,6 +86,36 @@ def test_killed_run_resumes_without_duplicates(tmp_path, catalog, tiny_model):
     assert out["mean_attempts_per_usable"] == 2.0 and out["first_try_available_rate"] == 0.0
     stored = shards.read_sidecars(tmp_path / "shards" / "cyc").column("key").to_pylist()
     assert sorted(stored) == sorted(accepted)  # every accepted sample once, nothing rejected
+
+
+def test_a_new_judge_or_retitled_product_starts_the_batch_over(tmp_path, tiny_model):
+    """Before, a re-run after the judge was retrained (round N of the loop) found every slot decided and
+    changed nothing: the batch kept the old judge's verdicts and the old captions. A larger K still
+    continues where the batch stands."""
+    products.run(products.ProductsConfig(count=2, size=96, out=str(tmp_path / "products")))
+    cfg = config(tmp_path, tiny_model, max_attempts=2)
+    cyclic.run(cfg, FixedJudge(accept=lambda n: True))
+    assert len(attempts(tmp_path)) == 2
+    more = cyclic.run(replace(cfg, max_attempts=3), FixedJudge(accept=lambda n: True))
+    assert more["attempts"] == 2  # same inputs: resumed, every slot already accepted, nothing redone
+
+    class Retrained(FixedJudge):
+        model_version = "fixed-v2"
+
+    cyclic.run(cfg, Retrained(accept=lambda n: n >= 3))  # calls 1-2 are the first tries: rejected now
+    rows = attempts(tmp_path)
+    assert len(rows) == 4 and {r["model_version"] for r in rows} == {"fixed-v2"}
+    assert sorted(r["attempt"] for r in rows if r["accepted"]) == [2, 2]
+    stored = shards.read_sidecars(tmp_path / "shards" / "cyc")
+    assert sorted(stored.column("key").to_pylist()) == sorted(r["key"] for r in rows if r["accepted"])
+
+    table = tmp_path / "products" / "products.parquet"
+    prods = pq.read_table(table).to_pylist()
+    prods[0]["title"] = "Vela red thermos"
+    pq.write_table(pa.Table.from_pylist(prods, schema=pq.read_schema(table)), table)
+    cyclic.run(cfg, Retrained(accept=lambda n: True))
+    titles = {r["product_id"]: r["title"] for r in shards.read_sidecars(tmp_path / "shards" / "cyc").to_pylist()}
+    assert titles[prods[0]["product_id"]] == "Vela red thermos" and len(attempts(tmp_path)) == 2
 
 
 def tiny_rfnet(directory: Path, threshold: float, seed: int = 0) -> Path:
