@@ -13,7 +13,7 @@ per sample; 2 that disagree are left out), as the platform labels its non-test i
 (the rules without noise or jitter) scores every sample too.
 
 Design. R repeats of K-fold cross-validation grouped by product, repeat r shuffled by seed r.
-Hyper-parameters (learning rate) are chosen before any test prediction, on inner validation splits
+Hyper-parameters (learning rate, and E or 3E epochs) are chosen before any test prediction, on inner validation splits
 (20% of the products) of the first repeat's training folds, separately for the full model and the
 image-only baseline; ablations use the full model's. Reported: per-fold AP (mean, SD); the paired
 difference full - image-only on pooled out-of-fold predictions, averaged over repeats, with a 95%
@@ -204,24 +204,28 @@ class Bench:
         return idx[self.train_ok[idx]]
 
     def tune(self) -> dict:
-        """Learning rate per model, from inner validation splits of the first repeat's training folds."""
-        grid = [self.tcfg.lr, self.tcfg.lr / 3]
+        """Learning rate and epochs per model, from inner validation splits of the first repeat's training
+        folds. Epochs are in the grid because 4 left the full model underfitting its own training data
+        (training AP 0.60, image only 0.74): more inputs need more steps."""
+        grid = [(lr, ep) for ep in (self.tcfg.epochs, 3 * self.tcfg.epochs) for lr in (self.tcfg.lr, self.tcfg.lr / 3)]
         chosen = {}
         for name, variant in (("full", {}), ("image_only", {"drop": IMAGE_ONLY})):
-            scores = {lr: [] for lr in grid}
+            scores = {hp: [] for hp in grid}
             for k, test in enumerate(grouped_folds(self.products, self.a.folds, 0)[: self.a.tune_folds]):
                 rest, val = grouped_split(self.products, np.setdiff1d(np.arange(self.n), test), 0.2, 100 + k)
                 val = self.usable(val)
                 yv = self.train_t[val, 0].numpy() > 0.5
-                for lr in grid:
-                    m = fit(self.cache, self.usable(rest), self.train_t, self.tcfg, variant, lr, seed=1000 + k)
-                    scores[lr].append(average_precision(yv, predict(m, self.cache, val)[:, 0]))
-            chosen[name] = {"lr": max(grid, key=lambda lr: np.nan_to_num(np.nanmean(scores[lr]), nan=-1.0)),
-                            "validation_ap": {str(lr): mean_sd(s) for lr, s in scores.items()}}
+                for lr, ep in grid:
+                    m = fit(self.cache, self.usable(rest), self.train_t, replace(self.tcfg, epochs=ep), variant, lr,
+                            seed=1000 + k)
+                    scores[lr, ep].append(average_precision(yv, predict(m, self.cache, val)[:, 0]))
+            lr, ep = max(grid, key=lambda hp: np.nan_to_num(np.nanmean(scores[hp]), nan=-1.0))
+            chosen[name] = {"lr": lr, "epochs": ep,
+                            "validation_ap": {f"lr {lr:.2g}, {ep} epochs": mean_sd(s) for (lr, ep), s in scores.items()}}
             print(f"tuned {name}: {chosen[name]}", flush=True)
         return chosen
 
-    def cross_validate(self, variants: dict, repeats: int, lrs: dict, shuffles: bool = False,
+    def cross_validate(self, variants: dict, repeats: int, hps: dict, shuffles: bool = False,
                        last_stage: bool = False) -> dict:
         """Out-of-fold p(available) per variant (repeats x N) and per-fold APs."""
         oof = {v: np.full((repeats, self.n), np.nan) for v in variants}
@@ -232,7 +236,8 @@ class Bench:
         for r, k, test in tqdm(runs, desc=f"cv {'/'.join(variants)}", unit="fold"):
             train = self.usable(np.setdiff1d(np.arange(self.n), test))
             for name, variant in variants.items():
-                m = fit(self.cache, train, self.train_t, self.tcfg, variant, lrs[name], seed=100 * r + k, last_stage=last_stage)
+                m = fit(self.cache, train, self.train_t, replace(self.tcfg, epochs=hps[name]["epochs"]), variant,
+                        hps[name]["lr"], seed=100 * r + k, last_stage=last_stage)
                 oof[name][r, test] = predict(m, self.cache, test, last_stage=last_stage)[:, 0]
                 if shuffles and name == "full":
                     rng = np.random.default_rng(10_000 + 100 * r + k)
@@ -247,12 +252,12 @@ class Bench:
         return {"diff": out["diff"], "ci95": out["ci95"]}
 
 
-def deployment(bench: Bench, deploy_cache, deploy_labels, lr: float, target_precision: float) -> dict:
+def deployment(bench: Bench, deploy_cache, deploy_labels, hp: dict, target_precision: float) -> dict:
     """Train on 80% of the main batch's products, pick the threshold for `target_precision` on the other
     20% (their 1-2-vote labels), pre-label the unseen batch; precision and recall there."""
     rest, val = grouped_split(bench.products, np.arange(bench.n), 0.2, 7)
     val = bench.usable(val)
-    m = fit(bench.cache, bench.usable(rest), bench.train_t, bench.tcfg, {}, lr, seed=7)
+    m = fit(bench.cache, bench.usable(rest), bench.train_t, replace(bench.tcfg, epochs=hp["epochs"]), {}, hp["lr"], seed=7)
     decision = choose_threshold(predict(m, bench.cache, val), bench.train_t[val].numpy(), target_precision)
     probs = predict(m, deploy_cache, np.arange(len(deploy_cache["keys"])))
     out = {"threshold": decision, "n": len(probs)}
@@ -288,7 +293,9 @@ def write_results_md(res: dict, path: Path = RESULTS_MD) -> None:
     body = (f"{MARK[0]}\n{scope}`bench_rfnet.py` ({res['args_text']}): {res['n_samples']} samples of "
             f"{res['n_products']} products, {res['repeats']}x{res['folds']} grouped CV (ablations: "
             f"{res['ablation_repeats']} repeat(s)), "
-            f"load average {res['loadavg']}, {res['minutes']:.0f} min.\n\n{table(res)}\n\n"
+            f"load average {res['loadavg']}, {res['minutes']:.0f} min; chosen on validation: "
+            + ", ".join(f"{n.replace('_', ' ')} lr {t['lr']:.2g}, {t['epochs']} epochs" for n, t in res["tuning"].items())
+            + f".\n\n{table(res)}\n\n"
             + (f"Deployment on {dep['n']} unseen samples at threshold {dep['threshold']['threshold']:.3f} "
                f"(chosen on validation for precision 0.9): precision {dep['vs_consensus']['precision']:.3f}, recall "
                f"{dep['vs_consensus']['recall']:.3f} against the consensus; precision {dep['vs_oracle']['precision']:.3f}, "
@@ -344,7 +351,8 @@ def main() -> None:
     ap.add_argument("--ablation-repeats", type=int, default=1)
     ap.add_argument("--finetune-repeats", type=int, default=1, help="0: skip the fine-tuning arm")
     ap.add_argument("--tune-folds", type=int, default=5, help="inner validation splits for the learning rate")
-    ap.add_argument("--epochs", type=int, default=None, help="default: params rfnet.epochs")
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="default: params rfnet.epochs; validation picks E or 3E per model (with the learning rate)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--boot", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
@@ -382,13 +390,13 @@ def main() -> None:
     rng = np.random.default_rng(0)
     res["random_ap"] = mean_sd([average_precision(bench.y[t], rng.random(len(t)))
                                 for r in range(a.repeats) for t in grouped_folds(bench.products, a.folds, r)])
-    if a.export_judge:  # the learning rate the full run chose on validation (bench/results/rfnet_cv.json)
+    if a.export_judge:  # the learning rate validation chose for the full model; epochs: --epochs (RFFT's judge: 4)
         print(train_judge(bench.cache, bench.train_t, bench.train_ok, bench.products, tcfg, 1e-3 / 3, a.export_judge))
         return
     res["tuning"] = tuning = bench.tune()  # before any test prediction
-    lrs = {"full": tuning["full"]["lr"], "image_only": tuning["image_only"]["lr"]}
+    hps = {name: {k: tuning[name][k] for k in ("lr", "epochs")} for name in ("full", "image_only")}
     lap("labels + tuning")
-    main_cv = bench.cross_validate({"full": {}, "image_only": {"drop": IMAGE_ONLY}}, a.repeats, lrs, shuffles=True)
+    main_cv = bench.cross_validate({"full": {}, "image_only": {"drop": IMAGE_ONLY}}, a.repeats, hps, shuffles=True)
     oof, fold_ap = main_cv["oof"], main_cv["fold_ap"]
     res["full_ap"], res["image_only_ap"] = mean_sd(fold_ap["full"]), mean_sd(fold_ap["image_only"])
     res["full_vs_image_only"] = bench.diff(oof["full"], oof["image_only"])
@@ -399,13 +407,13 @@ def main() -> None:
     res["shuffle_diffs"] = {s: bench.diff(oof["full"], oof[s]) for s in res["shuffle_ap"]}
     res["shuffles"] = {s: d["ci95"] for s, d in res["shuffle_diffs"].items()}
     lap("full and image-only CV")
-    abl = bench.cross_validate(ABLATIONS, a.ablation_repeats, {n: lrs["full"] for n in ABLATIONS})
+    abl = bench.cross_validate(ABLATIONS, a.ablation_repeats, {n: hps["full"] for n in ABLATIONS})
     res["ablation_ap"] = {n: mean_sd(abl["fold_ap"][n]) for n in ABLATIONS}
     res["ablations"] = {n: d["mean"] for n, d in res["ablation_ap"].items()}
     res["ablation_diffs"] = {n: bench.diff(oof["full"][: a.ablation_repeats], abl["oof"][n]) for n in ABLATIONS}
     lap("ablations")
     if a.finetune_repeats:
-        ft = bench.cross_validate({"full": {}}, a.finetune_repeats, lrs, last_stage=True)
+        ft = bench.cross_validate({"full": {}}, a.finetune_repeats, hps, last_stage=True)
         res["finetune"] = {"repeats": a.finetune_repeats, "ap": mean_sd(ft["fold_ap"]["full"]),
                            "frozen_ap_same_folds": mean_sd(fold_ap["full"][: a.finetune_repeats * a.folds]),
                            "vs_frozen": bench.diff(oof["full"][: a.finetune_repeats], ft["oof"]["full"]),
@@ -414,7 +422,7 @@ def main() -> None:
     lap("fine-tuning arm")
     if "deploy" in caches:
         deploy_labels = panel_labels(a.root, "deploy", caches["deploy"]["keys"])
-        res["deployment"] = deployment(bench, caches["deploy"], deploy_labels, lrs["full"], tcfg.target_precision)
+        res["deployment"] = deployment(bench, caches["deploy"], deploy_labels, hps["full"], tcfg.target_precision)
     lap("deployment")
     res["phase_minutes"] = laps
     res["full_run"] = bool(len(keep) >= MAIN_PRODUCTS and a.repeats >= 5 and a.folds == 5 and "deployment" in res)

@@ -123,3 +123,40 @@ def test_cached_fusion_is_rfnet(small_batch, tmp_path):
         assert torch.allclose(tuned.encoder(pre["image"]), cache["image"][:, 0, 1].float(), atol=2e-2)
     trainable = [p.requires_grad for p in tuned.encoder.parameters()]
     assert trainable and all(trainable)
+
+
+def test_the_bench_picks_epochs_on_validation_and_trains_with_them(monkeypatch):
+    """Epochs are a hyper-parameter like the learning rate: tune() must choose them on validation and
+    every later fit must use the chosen value, not the base --epochs (the run that underfitted)."""
+    from types import SimpleNamespace
+
+    from bench import bench_rfnet
+    from rfnet.train import TrainConfig
+
+    groups = _groups(seed=3)
+    n = len(groups)
+    labels = [("available", []) if i % 3 else ("not_available", ["size_mismatch"]) for i in range(n)]
+    y = np.array([v == "available" for v, _ in labels], dtype=float)
+    used = []
+
+    def fit(cache, idx, targets, tcfg, variant, lr, seed, last_stage=False):
+        used.append((variant.get("drop", ()), tcfg.epochs, lr))
+        return tcfg.epochs
+
+    def predict(epochs, cache, idx, swap=None, last_stage=False):  # 12 epochs: a perfect ranking; 4: a useless one
+        s = y[idx] if epochs == 12 else np.zeros(len(idx))
+        return np.stack([s, 1 - s], axis=1)
+
+    monkeypatch.setattr(bench_rfnet, "fit", fit)
+    monkeypatch.setattr(bench_rfnet, "predict", predict)
+    a = SimpleNamespace(folds=5, tune_folds=2, boot=10)
+    bench = bench_rfnet.Bench(a, TrainConfig(epochs=4, lr=1e-3), {"product_id": groups},
+                              {"test": labels, "train": labels, "oracle": labels})
+    tuned = bench.tune()
+    assert tuned["full"]["epochs"] == tuned["image_only"]["epochs"] == 12
+    assert {e for _, e, _ in used} == {4, 12}
+    used.clear()
+    hps = {k: {"lr": v["lr"], "epochs": v["epochs"]} for k, v in tuned.items()}
+    out = bench.cross_validate({"full": {}, "image_only": {"drop": bench_rfnet.IMAGE_ONLY}}, 1, hps)
+    assert used and {e for _, e, _ in used} == {12}
+    assert np.mean(out["fold_ap"]["full"]) == pytest.approx(1.0)
