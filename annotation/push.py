@@ -8,6 +8,16 @@ Idempotent by key: the projects are found by their titles, the keys already in e
 first, and only missing tasks are imported, in chunks. If an import chunk fails without an answer,
 the keys are listed again before retrying, so a lost response never doubles a task.
 
+A sample regenerated under its old key (a new generator, a reworded prompt) is not the sample its
+task showed: every task carries `sample_sha`, a digest of what the annotator judges (the image's bytes,
+the product image's sha, the title and the prompt), and its media files are named by it. A task whose
+digest differs from its sample's is deleted and the new one imported like any missing task; the old
+task's annotations, which judged an image the sample no longer has, go to `quarantine.jsonl` first
+(reason `stale`, with the verdict, reasons and annotator), and its image stays in the media folder under
+its digest. Pull then drops their labels as it does for any deleted task. (Retiring the task in place
+does not work: each import re-deals the project's overlap, which puts the annotated tasks back into
+the queue first.) Tasks imported before digests existed carry none and are taken as current.
+
 Each distinct pre-label is checked against the project's labelling config with the SDK's
 `LabelInterface` before it is sent: one that names a choice the config lacks is left off its task and
 recorded in `<labels>/<batch>/quarantine.jsonl`, and the task goes out without it.
@@ -19,6 +29,8 @@ cloud storage instead (S3/GCS import storage with the same relative paths).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +44,8 @@ from annotation.config import choice_result, instructions, label_interface, labe
 from rf1m import shards, tables
 from rf1m.atomic import write_atomic
 from rf1m.quarantine import Record
+
+SAMPLE_SHA = "sample_sha"  # task data: digest of what the annotator judges (sample_sha())
 
 
 @dataclass(frozen=True)
@@ -101,8 +115,37 @@ def ensure_project(client: Client, cfg: PushConfig, part: int = 1, project: dict
     return project, created
 
 
-def existing_keys(client: Client, project_id: int) -> set[str]:
-    return {t["data"]["task_key"] for t in client.tasks(project_id) if "task_key" in (t["data"] or {})}
+def existing_tasks(client: Client, project_id: int) -> dict[str, dict]:
+    """task_key -> {id, data, total_annotations} of the project's tasks."""
+    return {t["data"]["task_key"]: t for t in client.tasks(project_id) if "task_key" in (t["data"] or {})}
+
+
+def sample_sha(image: bytes, row: dict) -> str:
+    """What an annotator judges, as one digest: the generated image, the product, the caption and the prompt."""
+    h = hashlib.sha256(image)
+    for part in (row["product_sha256"], row["title"], row["prompt"]):
+        h.update(b"\0" + part.encode())
+    return h.hexdigest()[:16]
+
+
+def stale_tasks(client: Client, have: dict[str, dict], tasks: list[dict]) -> tuple[list[dict], list[Record]]:
+    """The tasks in `have` whose `sample_sha` differs from the planned task's, and a quarantine record for
+    each of their annotations (which judged an image the sample no longer has)."""
+    planned = {t["data"]["task_key"]: t["data"][SAMPLE_SHA] for t in tasks}
+    gone = [old for key, old in have.items() if key in planned and
+            (old["data"] or {}).get(SAMPLE_SHA) not in (None, planned[key])]
+    records = []
+    for old in gone:
+        if not old.get("total_annotations"):
+            continue
+        data = old["data"]
+        for ann in client.call("tasks.get", client.ls.tasks.get, old["id"]).annotations or []:
+            choices = {r["from_name"]: r["value"].get("choices") for r in ann.get("result") or []}
+            records.append(Record(
+                "annotate_push", f"annotation {ann['id']} (task {old['id']})", "stale",
+                f"judged an earlier image of sample {data['key']} ({data['image'].rsplit('/', 1)[-1]}), since "
+                f"regenerated; the task was replaced. Annotator {ann.get('completed_by')}: {json.dumps(choices)}"))
+    return gone, records
 
 
 def read_predictions(path: str | None) -> dict[str, dict]:
@@ -118,7 +161,8 @@ def read_predictions(path: str | None) -> dict[str, dict]:
 
 
 def extract_media(jobs: list[tuple[Path, dict, str, Path]]) -> None:
-    """Write each task's images where Label Studio serves them from (skipping those already there)."""
+    """Write each task's images where Label Studio serves them from (skipping those already there: a file
+    is named by its sample's digest, so one that exists holds these bytes)."""
     for batch_dir, row, member, target in jobs:
         if not target.exists():
             write_atomic(target, shards.member_bytes(batch_dir, row, member))
@@ -153,11 +197,12 @@ def build_tasks(cfg: PushConfig, refused: list[Record] | None = None) -> tuple[l
     gold_file = Path(cfg.labels) / cfg.batch_id / "gold.parquet"
     gold = {g["key"]: g for g in tables.read(tables.GOLD, gold_file, missing_ok=True).to_pylist()}
     tasks, jobs, checked = [], [], {}
-    for row in rows:
-        for member in ("image", "product"):
-            jobs.append((batch_dir, row, member, media / f"{row['key']}.{member}.png"))
-        data = {"task_key": row["key"], "key": row["key"], "batch_id": cfg.batch_id, "gold": False,
-                "image": f"{prefix}{row['key']}.image.png", "product": f"{prefix}{row['key']}.product.png",
+    for row in tqdm(rows, desc="read samples", unit="sample", leave=False):
+        sha = sample_sha(shards.member_bytes(batch_dir, row, "image"), row)
+        name = {m: f"{row['key']}.{sha}.{m}.png" for m in ("image", "product")}
+        jobs += [(batch_dir, row, m, media / name[m]) for m in name]
+        data = {"task_key": row["key"], "key": row["key"], SAMPLE_SHA: sha, "batch_id": cfg.batch_id, "gold": False,
+                "image": prefix + name["image"], "product": prefix + name["product"],
                 "title": row["title"], "prompt": row["prompt"]}
         task = {"data": data}
         if row["key"] in preds:
@@ -205,7 +250,7 @@ def import_tasks(client: Client, project_id: int, tasks: list[dict], chunk: int 
                  have: set[str] | None = None) -> int:
     """Import the tasks whose key the project lacks; returns how many were imported.
     `have`: the keys the project is known to hold (empty for a project created just now); None lists them."""
-    have = existing_keys(client, project_id) if have is None else have
+    have = set(existing_tasks(client, project_id)) if have is None else have
     todo = [t for t in tasks if t["data"]["task_key"] not in have]
     with tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=f"import into project {project_id}",
               unit="task") as bar:
@@ -220,7 +265,7 @@ def import_tasks(client: Client, project_id: int, tasks: list[dict], chunk: int 
                     if attempt == 2:
                         raise
                     # the import may have landed before the connection broke: import only what is missing
-                    have = existing_keys(client, project_id)
+                    have = set(existing_tasks(client, project_id))
                     part = [t for t in part if t["data"]["task_key"] not in have]
                     if not part:
                         break
@@ -236,10 +281,18 @@ def run(cfg: PushConfig, client: Client | None = None) -> dict:
     client = client or Client()
     refused: list[Record] = []
     tasks, media_jobs = build_tasks(cfg, refused)
-    if refused:
-        quarantine(Path(cfg.labels) / cfg.batch_id / "quarantine.jsonl", refused)
     found = {p["part"]: p for p in find_projects(client, cfg.batch_id)}
-    have = {part: existing_keys(client, p["id"]) for part, p in found.items()}
+    existing = {part: existing_tasks(client, p["id"]) for part, p in found.items()}
+    gone, stale = [], []
+    for e in existing.values():
+        g, s = stale_tasks(client, e, tasks)
+        gone, stale = gone + g, stale + s
+    if refused or stale:  # recorded before anything is deleted, so that a push that dies loses nothing
+        quarantine(Path(cfg.labels) / cfg.batch_id / "quarantine.jsonl", refused + stale)
+    for old in tqdm(gone, desc="replace regenerated samples' tasks", unit="task", disable=not gone):
+        client.call("tasks.delete", client.ls.tasks.delete, str(old["id"]), retry=False)  # a re-run finds what is left
+    replaced = {old["data"]["task_key"] for old in gone}
+    have = {part: set(e) - replaced for part, e in existing.items()}
     placed = set().union(*have.values())
     todo = [[t for t in planned if t["data"]["task_key"] not in placed]
             for planned in split(tasks, cfg.max_tasks_per_project)]
@@ -263,5 +316,7 @@ def run(cfg: PushConfig, client: Client | None = None) -> dict:
     n_gold = sum(t["data"]["gold"] for t in tasks)
     return {"project_id": projects[0]["id"], "url": f"{client.url}/projects/{projects[0]['id']}/data",
             "projects": projects, "tasks": len(tasks), "samples": len(tasks) - n_gold, "gold": n_gold,
-            "imported_now": imported, "with_predictions": sum("predictions" in t for t in tasks),
+            "imported_now": imported, "replaced_now": len(gone),
+            "stale_annotations": len(stale),
+            "with_predictions": sum("predictions" in t for t in tasks),
             "predictions_refused": len(refused)}

@@ -5,12 +5,12 @@ Outside CI (about an hour on a shared 2-core machine; run it with `nice -n 10`).
 
 1. the import: `push.import_tasks` of `--tasks` tasks, each with a pre-label and one annotation seeded
    inline, chunk by chunk, with each chunk's time (does the import slow down as the project grows?);
-2. the key listing an idempotent re-push pays (`push.existing_keys`) on the full project;
+2. the key listing an idempotent re-push pays (`push.existing_tasks`) on the full project;
 3. pulls: a full pull into a fresh labels folder straight after the import, the pull straight after it
    (the overlap window still covers the end of the import burst), and one more with nothing new (steady
    state); then the key listing of step 2 (after the pulls, which must meet the burst);
 4. with `--repush N` (default 10,000), in a project of its own: the key listing as push did it before
-   (1,000 a page, URIs resolved) against `push.existing_keys` now (URIs unresolved; the run of 2026-12-01
+   (1,000 a page, URIs resolved) against `push.existing_tasks` now (URIs unresolved; the run of 2026-12-01
    also had 5,000 a page), interleaved, beside the import.
 
 Throughout, the server's process tree is sampled for its resident memory (psutil), and every request
@@ -169,7 +169,7 @@ def measure(a, res: dict, rec: timing.Record, client: Client, data: Path, tmp: s
                 assert len(keys) == a.repush
                 return took
             return run
-        before, now = timing.interleaved(listed(old_listing), listed(push.existing_keys), a.repeats)
+        before, now = timing.interleaved(listed(old_listing), listed(push.existing_tasks), a.repeats)
         res["repush_listing"] = {"tasks": a.repush, "before_s": timing.spread(before), "now_s": timing.spread(now),
                                  "before_over_now": timing.spread([b / n for b, n in zip(before, now)]),
                                  "import_s": res["repush_import"]["s"]}
@@ -195,7 +195,7 @@ def measure(a, res: dict, rec: timing.Record, client: Client, data: Path, tmp: s
     for name in ("pull_after_burst", "pull_no_change"):
         res[name]["over_full"] = round(res[name]["s"] / res["pull_full"]["s"], 4)
     res["pull_after_burst"]["window_tasks_listed"] = after_burst["tasks_listed"]
-    keys = step("list_keys", push.existing_keys, client, project["id"])
+    keys = step("list_keys", push.existing_tasks, client, project["id"])
     assert len(keys) == n
     res["server_end"] = mem.mb()
     rec.save(**res)

@@ -111,7 +111,7 @@ def main() -> None:
             pid = got["project_id"]
 
             def list_keys(r: int) -> float:
-                took, keys = timing.timed(push.existing_keys, client, pid)
+                took, keys = timing.timed(push.existing_tasks, client, pid)
                 assert len(keys) == a.repush
                 return took
 
@@ -121,7 +121,7 @@ def main() -> None:
                 return took
 
             listing, re = timing.interleaved(list_keys, repush, a.repeats)
-            assert len(push.existing_keys(client, pid)) == a.repush  # nothing was doubled
+            assert len(push.existing_tasks(client, pid)) == a.repush  # nothing was doubled
             results["repush"] = {"tasks": a.repush, "first_push_s": first, "repush_s": timing.spread(re),
                                  "list_keys_s": timing.spread(listing),
                                  "repush_over_first": timing.spread([x / first for x in re])}

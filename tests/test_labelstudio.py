@@ -220,6 +220,57 @@ def test_a_task_deleted_in_label_studio_takes_its_labels(pushed, label_studio):
     assert got["removed"] == sum(r["task_id"] == doomed for r in rows) > 0
 
 
+def served(client, uri: str) -> bytes:
+    r = requests.get(client.url + uri, timeout=30, headers={"Authorization": f"Token {os.environ['LABEL_STUDIO_API_KEY']}"})
+    r.raise_for_status()
+    return r.content
+
+
+def test_a_sample_regenerated_under_its_key_replaces_its_task_and_stales_its_labels(pushed, label_studio):
+    """A batch is regenerated under the same keys (a prompt preset reworded) after one of its tasks was
+    annotated. Push must show the new images: until 2026-12-07 it kept every old task and media file,
+    so a release paired new images with labels made on the old ones. Now every task is replaced, the
+    annotation of the old one goes to quarantine (`stale`), its old image stays served, and pull drops
+    its label."""
+    from pipelines import generate
+    from pipelines.generate import Prompt
+
+    tmp, gen, push_cfg, pcfg, _ = pushed
+    _, client = label_studio
+    batch = "t_regen"
+    old_gen = replace(gen, batch_id=batch)
+    generate.run(old_gen)
+    cfg = replace(push_cfg, batch_id=batch)
+    first = push.run(cfg, client)
+    pid = first["project_id"]
+    judged = list_tasks(client, pid)[0]
+    old_image = served(client, judged.data["image"])
+    ann = post(client, judged.id, ["available"], [])
+    pcfg_pull = pull.PullConfig(batch_id=batch, labels=str(tmp / "labels"))
+    assert pull.run(pcfg_pull, client)["labels"] == 1
+
+    generate.run(replace(old_gen, prompts=(Prompt("kitchen", "a product on a snowy wooden table"),)))
+    again = push.run(cfg, client)
+    assert (again["replaced_now"], again["stale_annotations"], again["imported_now"]) == (first["tasks"], 1, first["tasks"])
+    tasks = list_tasks(client, pid)
+    assert Counter(t.data["task_key"] for t in tasks) == Counter(t["data"]["task_key"] for t in push.build_tasks(cfg)[0])
+    rows = {r["key"]: r for r in shards.read_sidecars(Path(gen.out) / batch).to_pylist()}
+    for t in tasks:  # every task shows its sample's current image and prompt
+        assert served(client, t.data["image"]) == shards.member_bytes(Path(gen.out) / batch, rows[t.data["key"]], "image")
+        assert t.data["prompt"] == "a product on a snowy wooden table"
+    assert old_image != served(client, next(t for t in tasks if t.data["key"] == judged.data["key"]).data["image"])
+    assert served(client, judged.data["image"]) == old_image  # what the quarantined annotation judged
+    quarantined = [json.loads(x) for x in (tmp / "labels" / batch / "quarantine.jsonl").read_text().splitlines()]
+    [q] = [q for q in quarantined if q["item"].startswith(f"annotation {ann['id']} ")]
+    assert q["reason"] == "stale" and '"available"' in q["detail"] and judged.data["sample_sha"] in q["detail"]
+
+    got = pull.run(pcfg_pull, client)
+    assert (got["labels"], got["removed"]) == (0, 1)
+    again = push.run(cfg, client)  # a repeat changes nothing
+    assert (again["replaced_now"], again["imported_now"]) == (0, 0)
+    assert len((tmp / "labels" / batch / "quarantine.jsonl").read_text().splitlines()) == len(quarantined)
+
+
 class Killed(BaseException):
     """The push process dies (not an error any handler would catch)."""
 
