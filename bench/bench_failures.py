@@ -10,7 +10,9 @@ sample counts as fixable when another seed of the same prompt (or another prompt
 sample of that product. Reported: the oracle's available rate (target 40-75%), each reason's count
 (every reason must occur), per prompt x reason rates, the fixable share (target >= 0.5), and the
 simulated panel's agreement with the oracle (Krippendorff's alpha on the verdict, and pairwise), and
-how many verdicts the caption's noun alone decides (the same pixels judged under the kind's other nouns).
+how many verdicts the caption's noun alone decides (the same pixels judged under the kind's other nouns),
+and what the banding rule does (`banding`): the main samples with horizontal stripes (RFFT's hack) added
+to their background, judged with and without it, and how often it fires on the samples as generated.
 
     nice -n 5 .venv/bin/python bench/bench_failures.py [--products 25] [--seeds 8] [--main 2]
 Writes bench/results/failures.json.
@@ -23,6 +25,7 @@ import os
 import sys
 import time
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
@@ -30,13 +33,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from annotation import panel  # noqa: E402
+from annotation import rules as rules_module  # noqa: E402
 from annotation.consensus import cohen_kappa, krippendorff_alpha  # noqa: E402
-from annotation.rules import REASON_ORDER, ground_line, judge  # noqa: E402
+from annotation.rules import REASON_ORDER, features, ground_line, judge  # noqa: E402
 from bench.timing import Record  # noqa: E402
 from pipelines import generate, params, products  # noqa: E402
 from pipelines.conditions import draw_layout, make_conditions  # noqa: E402
 from pipelines.generate import GenerateConfig, Prompt  # noqa: E402
 from pipelines.scenes import PROMPTS, render  # noqa: E402
+from rf1m import shards  # noqa: E402
 
 ROOT = Path.home() / ".cache" / "rf1m-bench-failures"
 BATCH = "failures"
@@ -83,6 +88,7 @@ def cached_features(pcfg) -> dict[str, dict]:
     """The panel's features of every sample, cached beside the shards under their fingerprints (the
     stats files), so a regenerated batch (another model) is measured again."""
     stats = "".join(p.read_text() for p in sorted((ROOT / "shards" / BATCH).glob("*.stats.json")))
+    stats += Path(rules_module.__file__).read_text()  # new rules, new features
     path = ROOT / f"features-{hashlib.sha256(stats.encode()).hexdigest()[:16]}.json"
     if path.exists():
         return json.loads(path.read_text())
@@ -90,6 +96,43 @@ def cached_features(pcfg) -> dict[str, dict]:
              for k, f in panel.sample_features(pcfg).items()}
     path.write_text(json.dumps(feats))
     return feats
+
+
+def striped(image: np.ndarray, alpha: np.ndarray, period: int, amp: int, phase: int) -> np.ndarray:
+    """Horizontal bands, alternately `amp` lighter and darker, over the background (not the product)."""
+    rows = np.arange(image.shape[0])[:, None, None]
+    wave = np.where(((rows + phase) // (period // 2)) % 2 == 0, amp, -amp)
+    return np.clip(image.astype(int) + wave * (alpha[..., None] <= 127), 0, 255).astype(np.uint8)
+
+
+def banding_check(pcfg, feats: dict, main_keys: list[str], oracle: dict) -> dict:
+    """The main samples as generated, and with stripes of each (period px, amplitude) added: the oracle's
+    available rate with the banding rule and without it (`rules.banding` = inf), and how often it fires."""
+    without = replace(pcfg.rules, banding=float("inf"))
+    fired = [feats[k]["banding"] > pcfg.rules.banding for k in main_keys]
+    out = {"as_generated": {"fires": round(float(np.mean(fired)), 4),
+                            "flipped_to_not_available": sum(oracle[k][0] != judge(feats[k], without)[0] for k in main_keys),
+                            "samples": len(main_keys)}}
+    batch_dir = Path(pcfg.shards) / pcfg.batch_id
+    rows = {r["key"]: r for r in shards.read_sidecars(batch_dir).to_pylist()}
+    rng = np.random.default_rng(0)
+    for period, amp in ((8, 15), (12, 25), (16, 35), (24, 25)):
+        with_rule, without_rule, fires = [], [], []
+        for k in main_keys:
+            product = panel._member(batch_dir, rows[k], "product", "RGBA")
+            image = striped(panel._member(batch_dir, rows[k], "image", "RGB"), product[..., 3], period, amp,
+                            int(rng.integers(period)))
+            f = {**feats[k], **features(image, product, pcfg.rules)}
+            with_rule.append(judge(f, pcfg.rules)[0] == "available")
+            without_rule.append(judge(f, without)[0] == "available")
+            fires.append(f["banding"] > pcfg.rules.banding)
+        out[f"stripes_{period}px_{amp}"] = {"available_without_rule": round(float(np.mean(without_rule)), 3),
+                                            "available_with_rule": round(float(np.mean(with_rule)), 3),
+                                            "fires": round(float(np.mean(fires)), 3)}
+    out["available_as_generated"] = {"without_rule": round(float(np.mean(
+        [judge(feats[k], without)[0] == "available" for k in main_keys])), 3),
+        "with_rule": round(float(np.mean([oracle[k][0] == "available" for k in main_keys])), 3)}
+    return out
 
 
 def rates(verdicts: list[tuple[str, list[str]]]) -> dict:
@@ -193,10 +236,12 @@ def main():
         "dependence": dependence(feats, oracle, main_keys, seed_index),
         "caption_dependence": caption_dependence(feats, oracle, main_keys, pcfg.rules),
         "panel_vs_oracle": panel_agreement(pcfg, feats, main_keys, oracle),
+        "banding": banding_check(pcfg, feats, main_keys, oracle),
         "ground_detector_vs_rendered_truth": detector_error(gcfg),
         "targets": {"available": [0.40, 0.75], "every_reason": True, "fixed_by_other_seed_or_prompt": 0.5},
     }
-    print(json.dumps({k: report[k] for k in ("oracle", "reason_counts", "dependence", "caption_dependence")}, indent=1))
+    print(json.dumps({k: report[k] for k in ("oracle", "reason_counts", "dependence", "caption_dependence",
+                                                  "banding")}, indent=1))
     rec.save(**report)
 
 

@@ -60,7 +60,7 @@ def retrain_judge(a, cfg, out: Path, r: int, pool: dict | None) -> tuple[dict, d
     from rfnet.data import target
     from rfnet.train import TrainConfig
 
-    tcfg = params.load("rfnet", TrainConfig, "params.yaml", {"batch_size": 64, "epochs": 4})  # bench_rfnet's
+    tcfg = params.load("rfnet", TrainConfig, "params.yaml", {"batch_size": 64, "epochs": a.judge_epochs})
     if pool is None:  # bench_rfnet's batch and its 1-2-vote labels: what the first judge was trained on
         cache = br.encode_batch(a.rfnet_root / "shards" / "cv", tcfg.model, a.rfnet_root / "features")
         t, ok = br.as_targets(br.panel_labels(a.rfnet_root, "cv", cache["keys"])["train"])
@@ -117,6 +117,8 @@ def main() -> None:
                     help="bench_rfnet's --root, made with the same --base-model: its batch and 1-2-vote labels "
                          "start the judge's pool, and the rounds' features are cached beside its own")
     ap.add_argument("--judge-lr", type=float, default=1e-3 / 3, help="RFNet retraining (bench_rfnet's CV choice)")
+    ap.add_argument("--judge-epochs", type=int, default=12, help="RFNet retraining (bench_rfnet's CV choice; "
+                    "4 before 2026-12-07)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     rec = Record(a.name, vars(a))

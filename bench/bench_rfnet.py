@@ -26,7 +26,7 @@ threshold chosen on validation for precision 0.9.
     nice -n 10 .venv/bin/python bench/bench_rfnet.py                 # the full run (see RESULTS.md)
     .venv/bin/python bench/bench_rfnet.py --prepare-only              # only generate the shards
     .venv/bin/python bench/bench_rfnet.py --products 30 --repeats 1   # a smoke run on a subset
-    .venv/bin/python bench/bench_rfnet.py --no-generate --epochs 4 --batch-size 64 --export-judge DIR
+    .venv/bin/python bench/bench_rfnet.py --no-generate --epochs 12 --batch-size 64 --export-judge DIR
         # no CV: one RFNet on RFFT's train + val products, a judge for bench_rfft --checkpoint DIR
 """
 
@@ -390,7 +390,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     res["random_ap"] = mean_sd([average_precision(bench.y[t], rng.random(len(t)))
                                 for r in range(a.repeats) for t in grouped_folds(bench.products, a.folds, r)])
-    if a.export_judge:  # the learning rate validation chose for the full model; epochs: --epochs (RFFT's judge: 4)
+    if a.export_judge:  # the learning rate validation chose for the full model; epochs: --epochs (its choice: 12)
         print(train_judge(bench.cache, bench.train_t, bench.train_ok, bench.products, tcfg, 1e-3 / 3, a.export_judge))
         return
     res["tuning"] = tuning = bench.tune()  # before any test prediction

@@ -5,6 +5,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -59,6 +60,32 @@ def test_floating_product_is_space_mismatch_and_standing_one_is_not(preset):
     assert "space_mismatch" not in verdicts["standing"]
 
 
+def test_a_striped_backdrop_is_indistinct_not_a_surface_to_stand_on():
+    """RFFT's hack (bench/RESULTS.md): horizontal stripes in place of the scene. One stripe edge lies
+    just above the product's base, so the rules before the banding rule found a ground line there and
+    called such a product available; now the backdrop is indistinct wherever the product stands. The
+    scenes themselves, with the product standing in them, stay below the banding threshold."""
+    r = Rules()
+    before = replace(r, banding=float("inf"))
+    sc = scene("beach", 10)
+    sky, ground = (sc.image[: sc.horizon].reshape(-1, 3).mean(0), sc.image[sc.horizon:].reshape(-1, 3).mean(0))
+    bands = (np.arange(SIDE) // 6) % 2 == 0
+    backdrop = cv2.GaussianBlur(np.where(bands[:, None, None], sky, ground).repeat(SIDE, 1).astype(np.uint8), (5, 5), 0)
+    judged = {"before": [], "now": []}
+    for dy in range(-20, 21, 4):
+        product = bottle(0.3, dy)
+        f = {**features(paste_back(backdrop, product), product, r), "title": "Vela red bottle", "category": "beauty"}
+        judged["before"].append(judge(f, before))
+        judged["now"].append(judge(f, r))
+    assert ("available", []) in judged["before"]  # the hole the stripes found
+    assert all(v == "not_available" and "indistinctiveness" in why for v, why in judged["now"])
+    for preset in ("beach", "forest", "kitchen", "tiles", "snow", "studio", "living", "concrete"):
+        sc = scene(preset, 10)
+        product = bottle(0.3, 0)
+        product = np.roll(product, sc.horizon + 20 - np.nonzero(product[..., 3].any(axis=1))[0].max(), axis=0)
+        assert features(paste_back(sc.image, product), product, r)["banding"] < r.banding, preset
+
+
 def test_size_is_judged_against_the_category_norm():
     assert norm_height("Nordic white shoe", "footwear") == 0.12
     assert norm_height("Orbit teal bags", "") == norm_height("", "fashion") == 0.32  # caption first, plural too
@@ -66,7 +93,7 @@ def test_size_is_judged_against_the_category_norm():
     r = Rules(camera_m=0.06, size_tol=2.5)
     # the same pixels and perspective: 0.5 * 0.06 / 0.25 = 0.12 m implied; a shoe fits, a fridge is tiny
     f = {"base": 0.9, "height": 0.5, "ground": 0.65, "ground_step": 30.0, "contrast": 99.0, "busy": 0.0,
-         "halo": 1.0}
+         "halo": 1.0, "banding": 0.3}
     assert judge({**f, "title": "Kōji black shoe", "category": "footwear"}, r) == ("available", [])
     assert judge({**f, "title": "Aurora fridge", "category": "home"}, r) == ("not_available", ["size_mismatch"])
     assert judge({**f, "title": "gadget", "category": "uncategorised"}, r) == ("available", [])  # no norm, no guess
