@@ -128,24 +128,24 @@ def sample_sha(image: bytes, row: dict) -> str:
     return h.hexdigest()[:16]
 
 
-def stale_tasks(client: Client, have: dict[str, dict], tasks: list[dict]) -> tuple[list[dict], list[Record]]:
-    """The tasks in `have` whose `sample_sha` differs from the planned task's, and a quarantine record for
-    each of their annotations (which judged an image the sample no longer has)."""
+def stale_tasks(have: dict[str, dict], tasks: list[dict]) -> list[dict]:
+    """The tasks in `have` whose `sample_sha` differs from the planned task's."""
     planned = {t["data"]["task_key"]: t["data"][SAMPLE_SHA] for t in tasks}
-    gone = [old for key, old in have.items() if key in planned and
+    return [old for key, old in have.items() if key in planned and
             (old["data"] or {}).get(SAMPLE_SHA) not in (None, planned[key])]
-    records = []
-    for old in gone:
-        if not old.get("total_annotations"):
-            continue
-        data = old["data"]
-        for ann in client.call("tasks.get", client.ls.tasks.get, old["id"]).annotations or []:
-            choices = {r["from_name"]: r["value"].get("choices") for r in ann.get("result") or []}
-            records.append(Record(
-                "annotate_push", f"annotation {ann['id']} (task {old['id']})", "stale",
-                f"judged an earlier image of sample {data['key']} ({data['image'].rsplit('/', 1)[-1]}), since "
-                f"regenerated; the task was replaced. Annotator {ann.get('completed_by')}: {json.dumps(choices)}"))
-    return gone, records
+
+
+def stale_records(client: Client, old: dict) -> list[Record]:
+    """A quarantine record for each annotation the task has now (read just before it is deleted, so that
+    one submitted since the listing is recorded too): they judged an image the sample no longer has."""
+    data, records = old["data"], []
+    for ann in client.call("tasks.get", client.ls.tasks.get, old["id"]).annotations or []:
+        choices = {r["from_name"]: r["value"].get("choices") for r in ann.get("result") or []}
+        records.append(Record(
+            "annotate_push", f"stale annotation {ann['id']} (task {old['id']})", "stale",
+            f"judged an earlier image of sample {data['key']} ({data['image'].rsplit('/', 1)[-1]}), since "
+            f"regenerated; the task was replaced. Annotator {ann.get('completed_by')}: {json.dumps(choices)}"))
+    return records
 
 
 def read_predictions(path: str | None) -> dict[str, dict]:
@@ -283,14 +283,21 @@ def run(cfg: PushConfig, client: Client | None = None) -> dict:
     tasks, media_jobs = build_tasks(cfg, refused)
     found = {p["part"]: p for p in find_projects(client, cfg.batch_id)}
     existing = {part: existing_tasks(client, p["id"]) for part, p in found.items()}
-    gone, stale = [], []
-    for e in existing.values():
-        g, s = stale_tasks(client, e, tasks)
-        gone, stale = gone + g, stale + s
-    if refused or stale:  # recorded before anything is deleted, so that a push that dies loses nothing
-        quarantine(Path(cfg.labels) / cfg.batch_id / "quarantine.jsonl", refused + stale)
-    for old in tqdm(gone, desc="replace regenerated samples' tasks", unit="task", disable=not gone):
-        client.call("tasks.delete", client.ls.tasks.delete, str(old["id"]), retry=False)  # a re-run finds what is left
+    gone = [old for e in existing.values() for old in stale_tasks(e, tasks)]
+    qfile = Path(cfg.labels) / cfg.batch_id / "quarantine.jsonl"
+    if refused:
+        quarantine(qfile, refused)
+    stale = 0
+    with tqdm(total=len(gone), desc="replace regenerated samples' tasks", unit="task", disable=not gone) as bar:
+        for i in range(0, len(gone), 100):  # annotations read just before their delete, recorded before it
+            some = gone[i: i + 100]
+            records = [r for old in some for r in stale_records(client, old)]
+            if records:
+                quarantine(qfile, records)  # a push that dies before the deletes below loses nothing
+            for old in some:  # not retried: a re-run finds what is left
+                client.call("tasks.delete", client.ls.tasks.delete, str(old["id"]), retry=False)
+            stale += len(records)
+            bar.update(len(some))
     replaced = {old["data"]["task_key"] for old in gone}
     have = {part: set(e) - replaced for part, e in existing.items()}
     placed = set().union(*have.values())
@@ -317,6 +324,6 @@ def run(cfg: PushConfig, client: Client | None = None) -> dict:
     return {"project_id": projects[0]["id"], "url": f"{client.url}/projects/{projects[0]['id']}/data",
             "projects": projects, "tasks": len(tasks), "samples": len(tasks) - n_gold, "gold": n_gold,
             "imported_now": imported, "replaced_now": len(gone),
-            "stale_annotations": len(stale),
+            "stale_annotations": stale,
             "with_predictions": sum("predictions" in t for t in tasks),
             "predictions_refused": len(refused)}

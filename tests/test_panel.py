@@ -61,29 +61,40 @@ def test_floating_product_is_space_mismatch_and_standing_one_is_not(preset):
 
 
 def test_a_striped_backdrop_is_indistinct_not_a_surface_to_stand_on():
-    """RFFT's hack (bench/RESULTS.md): horizontal stripes in place of the scene. One stripe edge lies
-    just above the product's base, so the rules before the banding rule found a ground line there and
-    called such a product available; now the backdrop is indistinct wherever the product stands. The
-    scenes themselves, with the product standing in them, stay below the banding threshold."""
+    """RFFT's hack (bench/RESULTS.md): stripes in place of the scene. A stripe edge is a ground line to
+    the rules (the first of the equal steps), and wherever the perspective it implies fits the product's
+    size, the rules before banding called the product available; now the backdrop is indistinct wherever
+    the product stands, and so are vertical stripes. Not flagged: faint bands, a smooth gradient, and
+    scenes without repeating structure (crisp tiles and kitchen cabinets do repeat: README)."""
     r = Rules()
     before = replace(r, banding=float("inf"))
     sc = scene("beach", 10)
     sky, ground = (sc.image[: sc.horizon].reshape(-1, 3).mean(0), sc.image[sc.horizon:].reshape(-1, 3).mean(0))
-    bands = (np.arange(SIDE) // 6) % 2 == 0
-    backdrop = cv2.GaussianBlur(np.where(bands[:, None, None], sky, ground).repeat(SIDE, 1).astype(np.uint8), (5, 5), 0)
+
+    def backdrop(bands: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(np.where(bands[..., None], sky, ground).astype(np.uint8), (5, 5), 0)
+
+    rows, cols = np.mgrid[:SIDE, :SIDE]
     judged = {"before": [], "now": []}
-    for dy in range(-20, 21, 4):
-        product = bottle(0.3, dy)
-        f = {**features(paste_back(backdrop, product), product, r), "title": "Vela red bottle", "category": "beauty"}
-        judged["before"].append(judge(f, before))
-        judged["now"].append(judge(f, r))
+    for stripes in (backdrop((rows // 6) % 2 == 0), backdrop((cols // 6) % 2 == 0)):
+        for dy in range(-20, 21, 4):
+            product = bottle(0.3, dy)
+            f = {**features(paste_back(stripes, product), product, r), "title": "Vela red bottle", "category": "beauty"}
+            judged["before"].append(judge(f, before))
+            judged["now"].append(judge(f, r))
     assert ("available", []) in judged["before"]  # the hole the stripes found
     assert all(v == "not_available" and "indistinctiveness" in why for v, why in judged["now"])
-    for preset in ("beach", "forest", "kitchen", "tiles", "snow", "studio", "living", "concrete"):
-        sc = scene(preset, 10)
-        product = bottle(0.3, 0)
-        product = np.roll(product, sc.horizon + 20 - np.nonzero(product[..., 3].any(axis=1))[0].max(), axis=0)
-        assert features(paste_back(sc.image, product), product, r)["banding"] < r.banding, preset
+    product = bottle(0.3, 0)
+    faint = np.clip(np.full((SIDE, SIDE, 3), 128) + np.where((rows // 6) % 2 == 0, 3, -3)[..., None], 0, 255)
+    gradient = np.repeat(np.linspace(120, 128, SIDE)[:, None, None], SIDE, 1).repeat(3, 2)
+    for calm in (faint, gradient):
+        assert features(paste_back(calm.astype(np.uint8), product), product, r)["banding"] == 0.0
+    for preset in ("beach", "forest", "snow", "studio", "living", "concrete"):
+        for seed in range(10, 16):
+            sc = scene(preset, seed)
+            product = bottle(0.3, 0)
+            product = np.roll(product, sc.horizon + 20 - np.nonzero(product[..., 3].any(axis=1))[0].max(), axis=0)
+            assert features(paste_back(sc.image, product), product, r)["banding"] < r.banding, (preset, seed)
 
 
 def test_size_is_judged_against_the_category_norm():
