@@ -14,7 +14,9 @@ product photo's own (the products stage measures `truncated`). The layout is fix
                        line) is more than `size_tol` times its category's norm, or less than 1/`size_tol`
   indistinctiveness    the background ring around the product is close to its colour (mean CIELAB
                        distance < `contrast`) or busy (lightness std > `busy`), or the background is
-                       banded: its row or column profile repeats (autocorrelation > `banding`)
+                       banded: its row or column profile repeats (autocorrelation > `banding`), or
+                       cluttered: busier at the scale of small objects than `clutter` times its
+                       scene preset's renders are (SCENE_CLUTTER)
   shape_hallucination  the thin halo just outside the product is closer in colour to the product
                        than the wider ring is (ratio < `halo`): the background grew the product
   unsuitable           the product photo cuts the product off (recipe `product_truncated`)
@@ -30,6 +32,12 @@ than the scenes they replaced. A person sees a striped backdrop the product does
 Stripes added to 400 of the base generator's samples raised the old rules' available rate from 47.5%
 to 50-54%; the banding rule fires on 49-85% of them (by strength) and on 1 of the 400 as generated
 (bench_failures `banding`).
+
+Why clutter: next, RFFT painted every prompt as high-contrast blotches in its palette (RESULTS, "RFFT in
+rounds with the banding rule"), whose strong edges again gave the ground-line rule a line above the
+product: the oracle's available rate rose 16 points while no scene was left. A person sees a cluttered
+backdrop. On the round-3 samples of that run the rule fires on 95% (available 0.557 -> 0.016); on the base
+generator's samples on 1 of 1,600 (a large product leaving a thin strip of snow scene; bench_failures `clutter`).
 """
 
 from __future__ import annotations
@@ -53,6 +61,12 @@ HEIGHT_BY_WORD = {
     "cookie": 0.25, "slipper": 0.08, "espresso": 0.06, "pitcher": 0.25, "lipstick": 0.08, "toothpaste": 0.20,
     "clutch": 0.14,
 }
+# How busy each scene preset's background is (`clutter`): the median over 40 of the renderer's 128 px scenes
+# (seeds 1000-1039, no product; bench_failures prints them, test_panel checks them). The window scales with
+# the side, so renders at 64-512 px stay within 25% of these (tiles and kitchen drift most: finer detail).
+# A prompt that is not a preset gets no clutter judgement, as a caption without a size norm gets no size one.
+SCENE_CLUTTER = {"kitchen": 12.9, "living": 10.8, "beach": 10.1, "studio": 5.4, "forest": 13.8,
+                 "concrete": 11.8, "tiles": 21.6, "snow": 18.5}
 HEIGHT_BY_CATEGORY = {
     "beauty": 0.18, "electronics": 0.20, "beverage": 0.15, "grocery": 0.12, "footwear": 0.12,
     "kitchen": 0.12, "personal care": 0.16, "fashion": 0.32, "furniture": 0.9, "home": 0.3,
@@ -79,6 +93,7 @@ class Rules:
     busy: float = 75.0
     halo: float = 0.70
     banding: float = 0.65  # autocorrelation of the background's detrended row or column profile
+    clutter: float = 1.4  # background clutter beyond this factor of its scene's (SCENE_CLUTTER)
 
 
 def _row_profile(lab: np.ndarray, background: np.ndarray) -> np.ndarray:
@@ -99,42 +114,52 @@ def _background(alpha: np.ndarray) -> np.ndarray:
     return cv2.dilate((alpha > 127).astype(np.uint8), np.ones((grow, grow), np.uint8)) == 0
 
 
-def ground_line(image: np.ndarray, alpha: np.ndarray, window: int = 4) -> tuple[int, float]:
-    """(row, CIELAB step) of the strongest horizontal boundary of the background, searched in the
-    rows 0.1-0.9 of the side (the bottom tenth is where tables show their front edge, not the line
-    the product stands behind)."""
-    s = image.shape[0]
+def _ground(prof: np.ndarray, window: int) -> tuple[int, float]:
+    s = len(prof)
     k = max(2, round(window * s / 128))
-    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB).astype(np.float64)
-    prof = _row_profile(lab, _background(alpha))
     lo, hi = max(k, int(0.1 * s)), min(s - k + 1, int(0.9 * s))
     steps = [np.linalg.norm(np.median(prof[y: y + k], 0) - np.median(prof[y - k: y], 0)) for y in range(lo, hi)]
     i = int(np.argmax(steps))
     return lo + i, float(steps[i])
 
 
+def ground_line(image: np.ndarray, alpha: np.ndarray, window: int = 4) -> tuple[int, float]:
+    """(row, CIELAB step) of the strongest horizontal boundary of the background, searched in the
+    rows 0.1-0.9 of the side (the bottom tenth is where tables show their front edge, not the line
+    the product stands behind)."""
+    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB).astype(np.float64)
+    return _ground(_row_profile(lab, _background(alpha)), window)
+
+
 BAND_MIN_RMS = 4.0  # CIELAB L (of 255): fainter bands count as none (a person barely sees them, and rounding
 #                    to uint8 turns a smooth gradient into a periodic staircase of under 1)
 
 
-def banding(lab: np.ndarray, background: np.ndarray) -> float:
+def banding(rows: np.ndarray, columns: np.ndarray) -> float:
     """How strongly the background repeats itself row after row, or column after column: the highest
-    autocorrelation of its lightness profile (minus a running mean a fifth of the side wide) at lags
-    from 1/32 to 1/4 of the side, for a profile whose bands are at least BAND_MIN_RMS strong. About
+    autocorrelation of its lightness profile (`rows`, `columns`: the background's per-row and per-column
+    median L, minus a running mean a fifth of the side wide) at lags from 1/32 to 1/4 of the side, for a profile whose bands are at least BAND_MIN_RMS strong. About
     0.3-0.45 on the scenes the generator paints, 0.7-0.9 on stripes. Crisp renders of tiles and kitchen
     cabinets repeat too (README: the panel)."""
-    s = lab.shape[0]
+    s = len(rows)
     w = max(5, s // 5 | 1)
     lags = range(max(3, s // 32), s // 4 + 1)
     best = 0.0
-    for prof in (_row_profile(lab, background)[:, 0],
-                 _row_profile(lab.transpose(1, 0, 2), background.T)[:, 0]):
+    for prof in (rows, columns):
         x = prof - np.convolve(np.pad(prof, w // 2, mode="edge"), np.ones(w) / w, mode="valid")
         x -= x.mean()
         energy = float((x * x).sum())
         if lags and energy >= BAND_MIN_RMS ** 2 * len(x):
             best = max(best, max(float((x[:-lag] * x[lag:]).sum()) / energy for lag in lags))
     return best
+
+
+def clutter(lightness: np.ndarray, background: np.ndarray) -> float:
+    """How busy the background is at the scale of small objects: the lightness std in windows 1/14 of
+    the side wide, averaged over the background (a smooth wall scores a few units, crisp tiles ~22)."""
+    k = max(3, lightness.shape[0] // 14 | 1)
+    mean, sq = cv2.blur(lightness, (k, k)), cv2.blur(lightness * lightness, (k, k))
+    return float(np.sqrt(np.maximum(sq - mean * mean, 0))[background].mean()) if background.any() else 0.0
 
 
 def features(image: np.ndarray, product: np.ndarray, rules: Rules = Rules()) -> dict:
@@ -152,7 +177,9 @@ def features(image: np.ndarray, product: np.ndarray, rules: Rules = Rules()) -> 
     ring = grown(max(9, side // 4 | 1)) & ~grown(7)
     dist = lambda m: np.linalg.norm(lab[m] - mean, axis=1).mean()  # noqa: E731
     ys, _ = np.nonzero(a)
-    ground, step = ground_line(image, product[..., 3], rules.window)
+    background = _background(product[..., 3])
+    rows = _row_profile(lab, background)
+    ground, step = _ground(rows, rules.window)
     return {
         "base": (ys.max() + 1) / side,
         "height": (np.ptp(ys) + 1) / side,
@@ -161,7 +188,8 @@ def features(image: np.ndarray, product: np.ndarray, rules: Rules = Rules()) -> 
         "contrast": float(dist(ring)),
         "busy": float(lab[ring][:, 0].std()),
         "halo": float(dist(halo) / max(dist(ring), 1e-6)),
-        "banding": banding(lab, _background(product[..., 3])),
+        "banding": banding(rows[:, 0], _row_profile(lab.transpose(1, 0, 2), background.T)[:, 0]),
+        "clutter": clutter(lab[..., 0], background),
     }
 
 
@@ -177,14 +205,16 @@ def implied_height(f: dict, r: Rules) -> float | None:
 
 def judge(f: dict, r: Rules) -> tuple[str, list[str]]:
     """The rules, noise-free: (verdict, reasons in taxonomy order). `f` holds `features` plus the
-    recipe's `truncated`, `title` and `category`."""
+    recipe's `truncated`, `title`, `category` and `prompt_id`."""
     reasons = ["unsuitable"] if f.get("truncated") else []
     if f["ground_step"] < r.ground_step or f["base"] - f["ground"] <= r.float_gap:
         reasons.append("space_mismatch")
     implied, norm = implied_height(f, r), norm_height(f.get("title", ""), f.get("category", ""))
     if implied is not None and norm and not 1 / r.size_tol <= implied / norm <= r.size_tol:
         reasons.append("size_mismatch")
-    if f["contrast"] < r.contrast or f["busy"] > r.busy or f["banding"] > r.banding:
+    scene = SCENE_CLUTTER.get(f.get("prompt_id"))
+    cluttered = scene is not None and f["clutter"] > r.clutter * scene
+    if f["contrast"] < r.contrast or f["busy"] > r.busy or f["banding"] > r.banding or cluttered:
         reasons.append("indistinctiveness")
     if f["halo"] < r.halo:
         reasons.append("shape_hallucination")

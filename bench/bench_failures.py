@@ -12,9 +12,12 @@ sample of that product. Reported: the oracle's available rate (target 40-75%), e
 simulated panel's agreement with the oracle (Krippendorff's alpha on the verdict, and pairwise), and
 how many verdicts the caption's noun alone decides (the same pixels judged under the kind's other nouns),
 and what the banding rule does (`banding`): the main samples with horizontal stripes (RFFT's hack) added
-to their background, judged with and without it, and how often it fires on the samples as generated.
+to their background, judged with and without it, and how often it fires on the samples as generated;
+and the same for the clutter rule (`clutter`): the scene norms re-measured on renders against the table in
+annotation.rules, and the rule on the samples as generated and on any `--hacked` batch (shard folders, e.g.
+an RFFT run's round samples under ~/.cache/rf1m-bench-rfft-rounds-v4/rfft/rounds/shards/round3).
 
-    nice -n 5 .venv/bin/python bench/bench_failures.py [--products 25] [--seeds 8] [--main 2]
+    nice -n 5 .venv/bin/python bench/bench_failures.py [--products 25] [--seeds 8] [--main 2] [--hacked DIR ...]
 Writes bench/results/failures.json.
 """
 
@@ -29,6 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -107,8 +111,10 @@ def striped(image: np.ndarray, alpha: np.ndarray, period: int, amp: int, phase: 
 
 def banding_check(pcfg, feats: dict, main_keys: list[str], oracle: dict) -> dict:
     """The main samples as generated, and with stripes of each (period px, amplitude) added: the oracle's
-    available rate with the banding rule and without it (`rules.banding` = inf), and how often it fires."""
-    without = replace(pcfg.rules, banding=float("inf"))
+    available rate with the banding rule and without it (`rules.banding` = inf), both without the clutter
+    rule that came after it, then with every rule; and how often banding fires."""
+    alone = replace(pcfg.rules, clutter=float("inf"))
+    without = replace(alone, banding=float("inf"))
     fired = [feats[k]["banding"] > pcfg.rules.banding for k in main_keys]
     out = {"as_generated": {"fires": round(float(np.mean(fired)), 4),
                             "flipped_to_not_available": sum(oracle[k][0] != judge(feats[k], without)[0] for k in main_keys),
@@ -117,21 +123,51 @@ def banding_check(pcfg, feats: dict, main_keys: list[str], oracle: dict) -> dict
     rows = {r["key"]: r for r in shards.read_sidecars(batch_dir).to_pylist()}
     rng = np.random.default_rng(0)
     for period, amp in ((8, 15), (12, 25), (16, 35), (24, 25)):
-        with_rule, without_rule, fires = [], [], []
+        with_rule, without_rule, every_rule, fires = [], [], [], []
         for k in main_keys:
             product = panel._member(batch_dir, rows[k], "product", "RGBA")
             image = striped(panel._member(batch_dir, rows[k], "image", "RGB"), product[..., 3], period, amp,
                             int(rng.integers(period)))
             f = {**feats[k], **features(image, product, pcfg.rules)}
-            with_rule.append(judge(f, pcfg.rules)[0] == "available")
+            with_rule.append(judge(f, alone)[0] == "available")
             without_rule.append(judge(f, without)[0] == "available")
+            every_rule.append(judge(f, pcfg.rules)[0] == "available")
             fires.append(f["banding"] > pcfg.rules.banding)
         out[f"stripes_{period}px_{amp}"] = {"available_without_rule": round(float(np.mean(without_rule)), 3),
                                             "available_with_rule": round(float(np.mean(with_rule)), 3),
+                                            "available_every_rule": round(float(np.mean(every_rule)), 3),
                                             "fires": round(float(np.mean(fires)), 3)}
     out["available_as_generated"] = {"without_rule": round(float(np.mean(
         [judge(feats[k], without)[0] == "available" for k in main_keys])), 3),
-        "with_rule": round(float(np.mean([oracle[k][0] == "available" for k in main_keys])), 3)}
+        "with_rule": round(float(np.mean([judge(feats[k], alone)[0] == "available" for k in main_keys])), 3)}
+    return out
+
+
+def clutter_check(pcfg, feats: dict, main_keys: list[str], oracle: dict, hacked: list[str]) -> dict:
+    """Each preset's clutter on 40 renders (seeds 1000-1039, as SCENE_CLUTTER was measured), and the rule with
+    and without it (`rules.clutter` = inf) on the samples as generated and on each `hacked` batch."""
+    norms = {}
+    for preset in PROMPTS:
+        lightness = [cv2.cvtColor(render(preset, seed).image, cv2.COLOR_RGB2LAB)[..., 0].astype(np.float64)
+                     for seed in range(1000, 1040)]
+        v = [rules_module.clutter(x, np.ones(x.shape, bool)) for x in lightness]
+        norms[preset] = {"measured": round(float(np.median(v)), 1), "table": rules_module.SCENE_CLUTTER[preset],
+                         "min": round(min(v), 1), "max": round(max(v), 1)}
+    without = replace(pcfg.rules, clutter=float("inf"))
+
+    def effect(fs: dict, verdicts: dict) -> dict:
+        ratio = [f["clutter"] / rules_module.SCENE_CLUTTER[f["prompt_id"]] for f in fs.values()
+                 if f["prompt_id"] in rules_module.SCENE_CLUTTER]
+        return {"samples": len(fs), "judged_on_clutter": len(ratio),
+                "fires": round(float(np.mean(np.array(ratio) > pcfg.rules.clutter)), 3) if ratio else None,
+                "max_ratio_to_scene": round(max(ratio), 2) if ratio else None,
+                "available_without_rule": round(float(np.mean([judge(f, without)[0] == "available" for f in fs.values()])), 3),
+                "available_with_rule": round(float(np.mean([verdicts[k][0] == "available" for k in fs])), 3)}
+
+    out = {"scene_norms": norms, "as_generated": effect({k: feats[k] for k in main_keys}, oracle)}
+    for d in map(Path, hacked):
+        fs = panel.sample_features(replace(pcfg, shards=str(d.parent), batch_id=d.name))
+        out[str(d)] = effect(fs, {k: judge(f, pcfg.rules) for k, f in fs.items()})
     return out
 
 
@@ -216,7 +252,12 @@ def main():
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--main", type=int, default=2)
     ap.add_argument("--generate-only", action="store_true")
+    ap.add_argument("--hacked", nargs="*", default=[], metavar="DIR",
+                    help="shard folders of another generator (e.g. RFFT's round samples) to try the clutter rule on")
     a = ap.parse_args()
+    for d in a.hacked:  # before the long run, not at its end
+        if not list(Path(d).glob("*.parquet")):
+            ap.error(f"--hacked {d}: no shards (*.parquet sidecars) there")
     torch.set_num_threads(1)
     rec = Record("failures", vars(a))
     gcfg = make_batch(a.model, a.products, a.seeds)
@@ -237,11 +278,12 @@ def main():
         "caption_dependence": caption_dependence(feats, oracle, main_keys, pcfg.rules),
         "panel_vs_oracle": panel_agreement(pcfg, feats, main_keys, oracle),
         "banding": banding_check(pcfg, feats, main_keys, oracle),
+        "clutter": clutter_check(pcfg, feats, main_keys, oracle, a.hacked),
         "ground_detector_vs_rendered_truth": detector_error(gcfg),
         "targets": {"available": [0.40, 0.75], "every_reason": True, "fixed_by_other_seed_or_prompt": 0.5},
     }
     print(json.dumps({k: report[k] for k in ("oracle", "reason_counts", "dependence", "caption_dependence",
-                                                  "banding")}, indent=1))
+                                                  "banding", "clutter")}, indent=1))
     rec.save(**report)
 
 

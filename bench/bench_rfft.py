@@ -21,6 +21,8 @@ continues from its checkpoint with that judge. `rounds` holds each round's valid
         --arms rfft rfft_anchor --rounds 4 --steps 40 --lr 1e-3 --seeds 6 --threads 2 --name rfft_rounds
     # on another generator: bench_rfnet.py --root R (same --base-model) first, then --rfnet-root R here
 (bench/RESULTS.md "RFFT in rounds" ran each arm on its own, with --name rfft_rounds / rfft_rounds_anchor.)
+`--arms --evaluate NAME=DIR ...` trains nothing and evaluates earlier runs' ControlNets against the base, e.g.
+under an oracle that has changed since.
 """
 
 from __future__ import annotations
@@ -109,7 +111,10 @@ def main() -> None:
     ap.add_argument("--anchor-weight", type=float, default=10.0, help="the rfft_anchor arm's weight on the uncond anchor")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--train-seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--evaluate", nargs="+", default=[], metavar="NAME=DIR",
+                    help="also evaluate these trained ControlNets (e.g. an earlier run's, under today's oracle); "
+                         "with --arms and nothing after it, only these and the base")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=1, help="rounds of the loop per arm (relabel, retrain RFNet, continue)")
     ap.add_argument("--name", default="rfft", help="bench/results/<name>.json")
@@ -120,6 +125,17 @@ def main() -> None:
     ap.add_argument("--judge-epochs", type=int, default=12, help="RFNet retraining (bench_rfnet's CV choice; "
                     "4 before 2026-12-07)")
     a = ap.parse_args()
+    evaluate = {}  # checked before any training, so a typo does not surface hours in
+    for spec in a.evaluate:
+        name, eq, folder = spec.partition("=")
+        taken = {"base", *evaluate, *(f"{arm}{tail}" for arm in a.arms for tail in ("", "_kept"))}
+        if not eq or not name or name in taken or any(name.startswith(f"{arm}_seed") for arm in a.arms):
+            ap.error(f"--evaluate {spec!r}: want NAME=DIR with a new NAME (not base, a trained arm's or a repeat)")
+        if not (Path(folder) / "config.json").exists():
+            ap.error(f"--evaluate {spec!r}: no ControlNet (config.json) in {folder!r}")
+        evaluate[name] = folder
+    if not a.arms and not evaluate:
+        ap.error("nothing to evaluate but the base: name --arms or --evaluate")
     torch.set_num_threads(a.threads)
     rec = Record(a.name, vars(a))
 
@@ -154,6 +170,7 @@ def main() -> None:
                 controlnets[f"{key}_kept"] = str(out / "controlnet")
             rounds += [{"arm": key, **x, **({"judge_made_from": made[x["round"]]} if x["round"] in made else {})}
                        for x in rfft_eval.rounds_of(trained)]
+    controlnets.update(evaluate)
     arms = {}
 
     def save(name, res):  # after every arm: a long run keeps what it measured

@@ -388,13 +388,13 @@ def originals_tensor(items: list[tuple], size: int, device: str) -> torch.Tensor
 
 # ---------------------------------------------------------------- evaluation
 
-def oracle(image: np.ndarray, product: np.ndarray, info: dict) -> str:
+def oracle(image: np.ndarray, product: np.ndarray, info: dict, prompt_id: str) -> str:
     """The panel's rules without noise (annotation.panel), standing in for people; `info`: the
     product row (truncated, title, category: what the rules read from a sample's recipe)."""
     from annotation import panel
 
     f = {**panel.features(image, product), "truncated": bool(info["truncated"]), "title": info["title"],
-         "category": info["category"]}
+         "category": info["category"], "prompt_id": prompt_id}
     return panel.judge(f, panel.Rules())[0]
 
 
@@ -408,7 +408,7 @@ def judged(gen: Generator, judge, items: list[tuple]) -> tuple[list[np.ndarray],
     for i in range(0, len(items), gen.cfg.batch_size):
         chunk = items[i: i + gen.cfg.batch_size]
         imgs = gen.sample([c for *_, c in chunk], [pr for _, pr, _, _ in chunk], [s for _, _, s, _ in chunk])
-        verdicts += [oracle(im, c.product, p) for im, (p, _, _, c) in zip(imgs, chunk)]
+        verdicts += [oracle(im, c.product, p, pr.id) for im, (p, pr, _, c) in zip(imgs, chunk)]
         depth, sal = judge.maps(imgs, [c.product for *_, c in chunk])
         probs = judge(imgs, [fit_original(p["pixels"], gen.cfg.layout.size) for p, *_ in chunk], depth, sal,
                       [p["title"] for p, *_ in chunk])

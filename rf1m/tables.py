@@ -96,6 +96,7 @@ ORACLE = Table("oracle", (
     _col("busy", pa.float64(), "lightness std of that ring"),
     _col("halo", pa.float64(), "CIELAB distance of the thin halo / of the ring (< 1: the background grew the product)"),
     _col("banding", pa.float64(), "autocorrelation of the background's row or column profile (stripes: high)"),
+    _col("clutter", pa.float64(), "mean lightness std of the background in small windows (annotation.rules.SCENE_CLUTTER)"),
 ), "the panel's noise-free verdict per sample and the features it came from (for evaluation only)")
 
 LABELS = Table("labels", schema.LABEL_ROWS, "one row per judgement pulled from Label Studio")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from annotation import panel
-from annotation.rules import Rules, features, ground_line, judge, norm_height
-from pipelines import generate
+from annotation.rules import SCENE_CLUTTER, Rules, clutter, features, ground_line, judge, norm_height
+from pipelines import generate, rfft
 from pipelines.conditions import Layout, LayoutConfig, make_conditions, paste_back
 from pipelines.products import ProductsConfig, synthetic_products
 from pipelines.scenes import render
@@ -97,6 +97,45 @@ def test_a_striped_backdrop_is_indistinct_not_a_surface_to_stand_on():
             assert features(paste_back(sc.image, product), product, r)["banding"] < r.banding, (preset, seed)
 
 
+def test_a_blotchy_backdrop_is_indistinct_not_a_scene():
+    """RFFT's next hack (bench/RESULTS.md): high-contrast blotches in the prompt's palette in place of the
+    scene. Their edges give the ground-line rule a surface, so the rules before `clutter` called products
+    on them available; now the backdrop is indistinct wherever the product stands. A prompt that is no
+    preset has no scene norm and is not judged on clutter, and the renderer's own scenes stay below it."""
+    r = Rules()
+    before = replace(r, clutter=float("inf"))
+    sc = scene("beach", 10)
+    sky, ground = sc.image[: sc.horizon].reshape(-1, 3).mean(0), sc.image[sc.horizon:].reshape(-1, 3).mean(0)
+    judged = {"before": [], "now": [], "no preset": []}
+    for seed in range(4):
+        noise = cv2.resize(np.random.default_rng(seed).random((16, 16)), (SIDE, SIDE), interpolation=cv2.INTER_CUBIC)
+        blotches = cv2.GaussianBlur(np.where((noise > 0.5)[..., None], sky, ground * 0.4).astype(np.uint8), (5, 5), 0)
+        for dy in range(-20, 21, 8):
+            product = bottle(0.3, dy)
+            f = {**features(paste_back(blotches, product), product, r), "title": "Vela red bottle",
+                 "category": "beauty", "prompt_id": "beach"}
+            judged["before"].append(judge(f, before))
+            judged["now"].append(judge(f, r))
+            judged["no preset"].append(judge({**f, "prompt_id": "a red bottle on mars"}, r))
+            if judged["before"][-1][0] == "available":
+                hole = paste_back(blotches, product), product
+    assert ("available", []) in judged["before"]  # the hole the blotches found
+    assert all(v == "not_available" and "indistinctiveness" in why for v, why in judged["now"])
+    assert judged["no preset"] == judged["before"]
+    # RFFT's oracle (its validation and evaluation) judges the prompt's scene too
+    info = {"truncated": False, "title": "Vela red bottle", "category": "beauty"}
+    assert rfft.oracle(*hole, info, "beach") == "not_available"
+    for preset, norm in SCENE_CLUTTER.items():  # the table is the renderer's (seeds 1000-1039, as documented)
+        measured = [clutter(cv2.cvtColor(render(preset, s).image, cv2.COLOR_RGB2LAB)[..., 0].astype(np.float64),
+                            np.ones((SIDE, SIDE), bool)) for s in range(1000, 1040)]
+        assert np.median(measured) == pytest.approx(norm, abs=0.05), preset
+        for seed in range(10, 14):
+            sc = scene(preset, seed)
+            product = bottle(0.3, 0)
+            product = np.roll(product, sc.horizon + 20 - np.nonzero(product[..., 3].any(axis=1))[0].max(), axis=0)
+            assert features(paste_back(sc.image, product), product, r)["clutter"] < r.clutter * norm, (preset, seed)
+
+
 def test_size_is_judged_against_the_category_norm():
     assert norm_height("Nordic white shoe", "footwear") == 0.12
     assert norm_height("Orbit teal bags", "") == norm_height("", "fashion") == 0.32  # caption first, plural too
@@ -104,7 +143,7 @@ def test_size_is_judged_against_the_category_norm():
     r = Rules(camera_m=0.06, size_tol=2.5)
     # the same pixels and perspective: 0.5 * 0.06 / 0.25 = 0.12 m implied; a shoe fits, a fridge is tiny
     f = {"base": 0.9, "height": 0.5, "ground": 0.65, "ground_step": 30.0, "contrast": 99.0, "busy": 0.0,
-         "halo": 1.0, "banding": 0.3}
+         "halo": 1.0, "banding": 0.3, "clutter": 10.0}
     assert judge({**f, "title": "Kōji black shoe", "category": "footwear"}, r) == ("available", [])
     assert judge({**f, "title": "Aurora fridge", "category": "home"}, r) == ("not_available", ["size_mismatch"])
     assert judge({**f, "title": "gadget", "category": "uncategorised"}, r) == ("available", [])  # no norm, no guess
