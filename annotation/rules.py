@@ -108,9 +108,15 @@ def _row_profile(lab: np.ndarray, background: np.ndarray) -> np.ndarray:
     return np.stack([np.interp(np.arange(s), ok, prof[ok, c]) for c in range(3)], axis=1)
 
 
+def _window(side: int) -> int:
+    """An odd width 1/14 of the side: the background's margin around the product, and clutter's window. Being
+    the same, a window centred on a background pixel never reaches the product."""
+    return max(3, side // 14 | 1)
+
+
 def _background(alpha: np.ndarray) -> np.ndarray:
     """The pixels far enough from the product that its edge and shadow do not count."""
-    grow = max(3, alpha.shape[0] // 14 | 1)
+    grow = _window(alpha.shape[0])
     return cv2.dilate((alpha > 127).astype(np.uint8), np.ones((grow, grow), np.uint8)) == 0
 
 
@@ -157,7 +163,7 @@ def banding(rows: np.ndarray, columns: np.ndarray) -> float:
 def clutter(lightness: np.ndarray, background: np.ndarray) -> float:
     """How busy the background is at the scale of small objects: the lightness std in windows 1/14 of
     the side wide, averaged over the background (a smooth wall scores a few units, crisp tiles ~22)."""
-    k = max(3, lightness.shape[0] // 14 | 1)
+    k = _window(lightness.shape[0])
     mean, sq = cv2.blur(lightness, (k, k)), cv2.blur(lightness * lightness, (k, k))
     return float(np.sqrt(np.maximum(sq - mean * mean, 0))[background].mean()) if background.any() else 0.0
 
@@ -205,14 +211,15 @@ def implied_height(f: dict, r: Rules) -> float | None:
 
 def judge(f: dict, r: Rules) -> tuple[str, list[str]]:
     """The rules, noise-free: (verdict, reasons in taxonomy order). `f` holds `features` plus the
-    recipe's `truncated`, `title`, `category` and `prompt_id`."""
+    recipe's `truncated`, `title`, `category` and `prompt_id` (None: a prompt that is no scene preset; required,
+    so a caller that forgets it fails instead of silently skipping the clutter judgement)."""
     reasons = ["unsuitable"] if f.get("truncated") else []
     if f["ground_step"] < r.ground_step or f["base"] - f["ground"] <= r.float_gap:
         reasons.append("space_mismatch")
     implied, norm = implied_height(f, r), norm_height(f.get("title", ""), f.get("category", ""))
     if implied is not None and norm and not 1 / r.size_tol <= implied / norm <= r.size_tol:
         reasons.append("size_mismatch")
-    scene = SCENE_CLUTTER.get(f.get("prompt_id"))
+    scene = SCENE_CLUTTER.get(f["prompt_id"])
     cluttered = scene is not None and f["clutter"] > r.clutter * scene
     if f["contrast"] < r.contrast or f["busy"] > r.busy or f["banding"] > r.banding or cluttered:
         reasons.append("indistinctiveness")

@@ -109,7 +109,7 @@ def striped(image: np.ndarray, alpha: np.ndarray, period: int, amp: int, phase: 
     return np.clip(image.astype(int) + wave * (alpha[..., None] <= 127), 0, 255).astype(np.uint8)
 
 
-def banding_check(pcfg, feats: dict, main_keys: list[str], oracle: dict) -> dict:
+def banding_check(pcfg, feats: dict, main_keys: list[str]) -> dict:
     """The main samples as generated, and with stripes of each (period px, amplitude) added: the oracle's
     available rate with the banding rule and without it (`rules.banding` = inf), both without the clutter
     rule that came after it, then with every rule; and how often banding fires."""
@@ -117,7 +117,8 @@ def banding_check(pcfg, feats: dict, main_keys: list[str], oracle: dict) -> dict
     without = replace(alone, banding=float("inf"))
     fired = [feats[k]["banding"] > pcfg.rules.banding for k in main_keys]
     out = {"as_generated": {"fires": round(float(np.mean(fired)), 4),
-                            "flipped_to_not_available": sum(oracle[k][0] != judge(feats[k], without)[0] for k in main_keys),
+                            "flipped_to_not_available": sum(judge(feats[k], alone)[0] != judge(feats[k], without)[0]
+                                                            for k in main_keys),
                             "samples": len(main_keys)}}
     batch_dir = Path(pcfg.shards) / pcfg.batch_id
     rows = {r["key"]: r for r in shards.read_sidecars(batch_dir).to_pylist()}
@@ -277,7 +278,7 @@ def main():
         "dependence": dependence(feats, oracle, main_keys, seed_index),
         "caption_dependence": caption_dependence(feats, oracle, main_keys, pcfg.rules),
         "panel_vs_oracle": panel_agreement(pcfg, feats, main_keys, oracle),
-        "banding": banding_check(pcfg, feats, main_keys, oracle),
+        "banding": banding_check(pcfg, feats, main_keys),
         "clutter": clutter_check(pcfg, feats, main_keys, oracle, a.hacked),
         "ground_detector_vs_rendered_truth": detector_error(gcfg),
         "targets": {"available": [0.40, 0.75], "every_reason": True, "fixed_by_other_seed_or_prompt": 0.5},

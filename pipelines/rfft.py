@@ -390,7 +390,8 @@ def originals_tensor(items: list[tuple], size: int, device: str) -> torch.Tensor
 
 def oracle(image: np.ndarray, product: np.ndarray, info: dict, prompt_id: str) -> str:
     """The panel's rules without noise (annotation.panel), standing in for people; `info`: the
-    product row (truncated, title, category: what the rules read from a sample's recipe)."""
+    product row (truncated, title, category: what the rules read from a sample's recipe); `prompt_id`:
+    the preset whose scene the clutter rule compares with."""
     from annotation import panel
 
     f = {**panel.features(image, product), "truncated": bool(info["truncated"]), "title": info["title"],

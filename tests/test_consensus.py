@@ -100,12 +100,15 @@ def test_panel_rules_cover_every_reason():
     from annotation.panel import Rules, judge
 
     ok = {"base": 0.9, "height": 0.7, "ground": 0.6, "ground_step": 20.0, "contrast": 80.0, "busy": 30.0, "banding": 0.3,
-          "halo": 1.0, "truncated": False, "title": "Vela red bottle", "category": "beauty"}
+          "clutter": 5.0, "prompt_id": "studio", "halo": 1.0, "truncated": False, "title": "Vela red bottle",
+          "category": "beauty"}
     assert judge(ok, Rules(camera_m=0.08)) == ("available", [])
     cases = {"unsuitable": {"truncated": True}, "space_mismatch": {"ground": 0.88},
              "size_mismatch": {"title": "Vela red bag", "category": "fashion", "height": 0.2},
              "indistinctiveness": {"contrast": 20.0}, "shape_hallucination": {"halo": 0.6}}
     assert judge({**ok, "banding": 0.8}, Rules(camera_m=0.08)) == ("not_available", ["indistinctiveness"])
+    assert judge({**ok, "clutter": 8.0}, Rules(camera_m=0.08)) == ("not_available", ["indistinctiveness"])  # > 1.4 x 5.4
+    assert judge({**ok, "clutter": 8.0, "prompt_id": None}, Rules(camera_m=0.08)) == ("available", [])  # no preset
     for reason, change in cases.items():
         assert judge({**ok, **change}, Rules(camera_m=0.08)) == ("not_available", [reason])
 

@@ -14,7 +14,7 @@ from annotation.rules import SCENE_CLUTTER, Rules, clutter, features, ground_lin
 from pipelines import generate, rfft
 from pipelines.conditions import Layout, LayoutConfig, make_conditions, paste_back
 from pipelines.products import ProductsConfig, synthetic_products
-from pipelines.scenes import render
+from pipelines.scenes import PROMPTS, render
 from rf1m import shards, tables
 from rf1m.paths import Layout as Paths
 
@@ -54,7 +54,8 @@ def test_floating_product_is_space_mismatch_and_standing_one_is_not(preset):
         product = bottle(0.3, 0)
         rows = np.nonzero(product[..., 3].any(axis=1))[0]
         product = np.roll(product, base - rows.max(), axis=0)
-        f = {**features(paste_back(sc.image, product), product, r), "title": "Vela red bottle", "category": "beauty"}
+        f = {**features(paste_back(sc.image, product), product, r), "title": "Vela red bottle", "category": "beauty",
+             "prompt_id": preset}
         verdicts[where] = judge(f, r)[1]
     assert "space_mismatch" in verdicts["floating"]
     assert "space_mismatch" not in verdicts["standing"]
@@ -79,7 +80,8 @@ def test_a_striped_backdrop_is_indistinct_not_a_surface_to_stand_on():
     for stripes in (backdrop((rows // 6) % 2 == 0), backdrop((cols // 6) % 2 == 0)):
         for dy in range(-20, 21, 4):
             product = bottle(0.3, dy)
-            f = {**features(paste_back(stripes, product), product, r), "title": "Vela red bottle", "category": "beauty"}
+            f = {**features(paste_back(stripes, product), product, r), "title": "Vela red bottle", "category": "beauty",
+                 "prompt_id": None}
             judged["before"].append(judge(f, before))
             judged["now"].append(judge(f, r))
     assert ("available", []) in judged["before"]  # the hole the stripes found
@@ -125,10 +127,11 @@ def test_a_blotchy_backdrop_is_indistinct_not_a_scene():
     # RFFT's oracle (its validation and evaluation) judges the prompt's scene too
     info = {"truncated": False, "title": "Vela red bottle", "category": "beauty"}
     assert rfft.oracle(*hole, info, "beach") == "not_available"
+    assert set(SCENE_CLUTTER) == set(PROMPTS)  # a new preset gets a norm, or no clutter judgement at all
     for preset, norm in SCENE_CLUTTER.items():  # the table is the renderer's (seeds 1000-1039, as documented)
         measured = [clutter(cv2.cvtColor(render(preset, s).image, cv2.COLOR_RGB2LAB)[..., 0].astype(np.float64),
                             np.ones((SIDE, SIDE), bool)) for s in range(1000, 1040)]
-        assert np.median(measured) == pytest.approx(norm, abs=0.05), preset
+        assert np.median(measured) == pytest.approx(norm, rel=0.03), preset
         for seed in range(10, 14):
             sc = scene(preset, seed)
             product = bottle(0.3, 0)
@@ -143,7 +146,7 @@ def test_size_is_judged_against_the_category_norm():
     r = Rules(camera_m=0.06, size_tol=2.5)
     # the same pixels and perspective: 0.5 * 0.06 / 0.25 = 0.12 m implied; a shoe fits, a fridge is tiny
     f = {"base": 0.9, "height": 0.5, "ground": 0.65, "ground_step": 30.0, "contrast": 99.0, "busy": 0.0,
-         "halo": 1.0, "banding": 0.3, "clutter": 10.0}
+         "halo": 1.0, "banding": 0.3, "prompt_id": None}
     assert judge({**f, "title": "Kōji black shoe", "category": "footwear"}, r) == ("available", [])
     assert judge({**f, "title": "Aurora fridge", "category": "home"}, r) == ("not_available", ["size_mismatch"])
     assert judge({**f, "title": "gadget", "category": "uncategorised"}, r) == ("available", [])  # no norm, no guess

@@ -103,7 +103,8 @@ def test_synthetic_titles_carry_the_size_the_silhouette_does_not():
         norms = [norm_height(f"Vela red {noun}", cat) for noun, cat in seen]
         assert None not in norms and max(norms) / min(norms) >= 2, (kind, norms)  # the panel knows each
     # the same pixels and perspective (0.5 x 0.1 / 0.2 = 0.25 m implied): a shampoo fits, a perfume does not
-    f = {"base": 0.9, "height": 0.5, "ground": 0.7, "ground_step": 30.0, "contrast": 99.0, "busy": 0.0, "halo": 1.0, "banding": 0.3}
+    f = {"base": 0.9, "height": 0.5, "ground": 0.7, "ground_step": 30.0, "contrast": 99.0, "busy": 0.0, "halo": 1.0,
+         "banding": 0.3, "prompt_id": None}
     assert judge({**f, "title": "Vela red shampoo", "category": "beauty"}, Rules(size_tol=2)) == ("available", [])
     assert judge({**f, "title": "Vela red perfume", "category": "beauty"}, Rules(size_tol=2))[1] == ["size_mismatch"]
 
