@@ -32,7 +32,6 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -44,7 +43,7 @@ from bench.timing import Record  # noqa: E402
 from pipelines import generate, params, products  # noqa: E402
 from pipelines.conditions import draw_layout, make_conditions  # noqa: E402
 from pipelines.generate import GenerateConfig, Prompt  # noqa: E402
-from pipelines.scenes import PROMPTS, render  # noqa: E402
+from pipelines.scenes import PROMPTS, render, render_clutter  # noqa: E402
 from rf1m import shards  # noqa: E402
 
 ROOT = Path.home() / ".cache" / "rf1m-bench-failures"
@@ -145,13 +144,11 @@ def banding_check(pcfg, feats: dict, main_keys: list[str]) -> dict:
 
 
 def clutter_check(pcfg, feats: dict, main_keys: list[str], oracle: dict, hacked: list[str]) -> dict:
-    """Each preset's clutter on 40 renders (seeds 1000-1039, as SCENE_CLUTTER was measured), and the rule with
+    """Each preset's clutter on 40 renders (`scenes.render_clutter`, as SCENE_CLUTTER was measured), and the rule with
     and without it (`rules.clutter` = inf) on the samples as generated and on each `hacked` batch."""
     norms = {}
     for preset in PROMPTS:
-        lightness = [cv2.cvtColor(render(preset, seed).image, cv2.COLOR_RGB2LAB)[..., 0].astype(np.float64)
-                     for seed in range(1000, 1040)]
-        v = [rules_module.clutter(x, np.ones(x.shape, bool)) for x in lightness]
+        v = render_clutter(preset)
         norms[preset] = {"measured": round(float(np.median(v)), 1), "table": rules_module.SCENE_CLUTTER[preset],
                          "min": round(min(v), 1), "max": round(max(v), 1)}
     without = replace(pcfg.rules, clutter=float("inf"))

@@ -56,7 +56,14 @@ def _rfft(ev: dict, pct) -> str:
     d = arm["paired_vs_base"]
     return (f"oracle available {pct(base['oracle']['rate'])} -> {pct(arm['oracle']['rate'])} "
             f"({100 * d['diff']:+.1f} points, 95% CI [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}], "
-            f"{ev['generations_per_arm']} paired test images)")
+            f"{ev['generations_per_arm']} paired test images)" + _kept(arm.get("kept_step")))
+
+
+def _kept(step: int | None) -> str:
+    """Which checkpoint was judged: step 0 is the base itself, whence an exact +0.0 that reads like a bug."""
+    if step is None:
+        return ""
+    return "; kept step 0, the base: validation never improved" if step == 0 else f"; kept step {step}"
 
 
 def text(s: dict) -> str:

@@ -49,7 +49,13 @@ def test_summary_reports_the_files_numbers(tmp_path, capsys):
     # the loop's later stages, from their own files
     assert "42.0% accepted at the first try, 25.0% never within 4 tries" in text
     assert "69.1% accepted unchanged (round 2), 3.2 s saved per task" in text
-    assert "43.8% -> 50.0% (+6.2 points, 95% CI [+1.2, +10.0], 32 paired test images)" in text
+    assert "43.8% -> 50.0% (+6.2 points, 95% CI [+1.2, +10.0], 32 paired test images)\n" in text
+    # early stopping that kept the base says so (a demo's short run: +0.0 exactly, which read like a bug)
+    for kept, tail in ((0, "; kept step 0, the base: validation never improved\n"), (5, "; kept step 5\n")):
+        (metrics / "eval.json").write_text(json.dumps({"generations_per_arm": 32, "arms": {
+            "base": {"oracle": {"rate": 0.4375}}, "rfft": {**arm, "kept_step": kept}}}))
+        assert main(["--params", str(params), "summary"]) == 0
+        assert "32 paired test images)" + tail in capsys.readouterr().out
     # acceptance run without a baseline has no time saved: the summary says less, and does not fail
     (metrics / "prelabels.json").write_text(json.dumps({"accepted_share": 0.5}))
     assert main(["--params", str(params), "summary"]) == 0
