@@ -15,13 +15,16 @@ on test:
 
 Arms: `image` is the CNN on the generated image alone; `full` adds depth and saliency as input channels,
 the original product image through a second, smaller CNN, and the caption's MiniLM embedding (mean
-over tokens, frozen). The recipe (epochs, peak learning rate, weight averaging) is fixed by --tune.
+over tokens, frozen). `profile` (ProfileNet) reads only the scene's row and column profiles and the caption:
+the geometry the panel judges, in a few hundred numbers (bench_rfnet_perception says why it was tried). The recipe (epochs, peak learning rate, weight averaging) is fixed by --tune.
 `frozen_full` and `frozen_image` are bench_rfnet's own arms (RFNet's fusion on the frozen
 EfficientNet-Lite0 + MiniLM features, its `fit` with the learning rate its full runs chose, 3.3e-4, 4
 epochs at batch 64), on the same splits, so the comparison is paired.
 
     .venv/bin/python bench/bench_rfnet_cnn.py --root ~/.cache/rf1m-bench-rfnet-v3 --tune
     .venv/bin/python bench/bench_rfnet_cnn.py --root ~/.cache/rf1m-bench-rfnet-v3 --cv --repeats 1
+    .venv/bin/python bench/bench_rfnet_cnn.py --root ~/.cache/rf1m-bench-rfnet-v5 --tune \
+        --arms profile,frozen_image,frozen_full --recipes 20:2e-3:0 --out bench/results/rfnet_cnn_v5.json
 """
 
 from __future__ import annotations
@@ -126,6 +129,40 @@ class CNN(nn.Module):
         return self.head(torch.cat(parts, 1))
 
 
+def profiles(scene: torch.Tensor) -> torch.Tensor:
+    """B x 2 (rows, columns) x 9 x SIZE: per row and per column, the mean of the image's RGB, depth and
+    saliency, and of RGB and depth weighted by 1 - saliency (where the background is). A ground line is a
+    step along the rows, a product's base and height where the saliency's row mass ends and spans."""
+    s = (scene + 1) / 2
+    w = 1 - s[:, 4:5]
+    bg = s[:, :4] * w
+    return torch.stack([torch.cat([s.mean(a), bg.sum(a) / (w.sum(a) + 1e-3)], 1) for a in (3, 2)], 1)
+
+
+class ProfileNet(nn.Module):
+    """1-D convolutions along the row and the column profiles (`profiles`), positions kept, with the caption:
+    the geometry the panel judges (where the ground line is, where the product stands, how tall it is
+    against its kind's norm) as a few hundred numbers instead of 80,000 pixels."""
+
+    def __init__(self, arm: str = "profile", text_dim: int = 384):
+        super().__init__()
+
+        def enc():
+            layers, c = [], 9
+            for cout, stride in ((32, 1), (64, 2), (64, 2)):
+                layers += [nn.Conv1d(c, cout, 5, stride, 2, bias=False), nn.BatchNorm1d(cout), nn.ReLU(inplace=True)]
+                c = cout
+            return nn.Sequential(*layers, nn.Flatten())
+
+        self.rows, self.cols = enc(), enc()
+        self.text = nn.Sequential(nn.Linear(text_dim, 64), nn.ReLU())
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(2 * 64 * SIZE // 4 + 64, 128), nn.ReLU(), nn.Linear(128, 5))
+
+    def forward(self, scene, product, text):
+        p = profiles(scene)
+        return self.head(torch.cat([self.rows(p[:, 0]), self.cols(p[:, 1]), self.text(text)], 1))
+
+
 def _batch(data, idx, flip=None):
     s = torch.from_numpy(data["scene"][idx]).float() / 127.5 - 1
     p = torch.from_numpy(data["product"][idx]).float() / 127.5 - 1
@@ -139,7 +176,7 @@ def fit(data, idx, targets, seed, epochs, lr, arm, ema=0.0, batch=32):
     idx = np.array([i for i in idx if targets[i].sum() > 0])
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    model = CNN(arm)
+    model = ProfileNet() if arm == "profile" else CNN(arm)
     avg = copy.deepcopy(model) if ema else None
     weight = class_weights([targets[i] for i in idx])
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-3)
@@ -204,7 +241,7 @@ def main(argv=None):
     mode.add_argument("--tune", action="store_true", help="inner validation splits only (no test fold)")
     mode.add_argument("--cv", action="store_true", help="grouped CV on the test folds")
     ap.add_argument("--products", type=int, default=100)
-    ap.add_argument("--arms", default="image,full", help="image, full, frozen_image, frozen_full")
+    ap.add_argument("--arms", default="image,full", help="image, full, profile, frozen_image, frozen_full")
     ap.add_argument("--recipes", default="12:2e-3:0,12:1e-3:0.99", help="epochs:lr:ema, comma-separated (--tune)")
     ap.add_argument("--recipe", default=None, help="epochs:lr:ema for --cv (the one --tune chose)")
     ap.add_argument("--fractions", default="1", help="shares of the training products to train on (--tune): a learning curve")
@@ -213,6 +250,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--boot", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=OUT, help="results JSON (merged into when it exists)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     if not (a.root / "shards" / "cv").exists():
@@ -227,7 +265,7 @@ def main(argv=None):
     products = list(data["product_id"])
     frozen = frozen_cache(a.root, list(data["keys"]), a.products) if "frozen_" in a.arms else None
     n, arms = len(y), a.arms.split(",")
-    res = json.loads(OUT.read_text()) if OUT.exists() else {}
+    res = json.loads(a.out.read_text()) if a.out.exists() else {}
     res.update(n_samples=n, n_products=len(set(products)), prevalence=float(y.mean()),
                oracle_ap=average_precision(y, y_oracle.astype(float)))
     if a.tune:
@@ -267,7 +305,7 @@ def main(argv=None):
                 cv[f"{x}_vs_{z}"] = bootstrap_diff(y, oof[x], oof[z], products, a.boot)
         res["cv"] = cv
     res["minutes"] = round((time.perf_counter() - t0) / 60, 1)
-    OUT.write_text(json.dumps(res, indent=1) + "\n")
+    a.out.write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps({k: v for k, v in res.items() if k in ("cv", "tune")}, indent=1))
 
 
