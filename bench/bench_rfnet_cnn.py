@@ -16,7 +16,7 @@ on test:
 Arms: `image` is the CNN on the generated image alone; `full` adds depth and saliency as input channels,
 the original product image through a second, smaller CNN, and the caption's MiniLM embedding (mean
 over tokens, frozen). `profile` (ProfileNet) reads only the scene's row and column profiles and the caption:
-the geometry the panel judges, in a few hundred numbers (bench_rfnet_perception says why it was tried). The recipe (epochs, peak learning rate, weight averaging) is fixed by --tune.
+the geometry the panel judges, in 2,304 numbers (bench_rfnet_perception says why it was tried). The recipe (epochs, peak learning rate, weight averaging) is fixed by --tune.
 `frozen_full` and `frozen_image` are bench_rfnet's own arms (RFNet's fusion on the frozen
 EfficientNet-Lite0 + MiniLM features, its `fit` with the learning rate its full runs chose, 3.3e-4, 4
 epochs at batch 64), on the same splits, so the comparison is paired.
@@ -142,7 +142,7 @@ def profiles(scene: torch.Tensor) -> torch.Tensor:
 class ProfileNet(nn.Module):
     """1-D convolutions along the row and the column profiles (`profiles`), positions kept, with the caption:
     the geometry the panel judges (where the ground line is, where the product stands, how tall it is
-    against its kind's norm) as a few hundred numbers instead of 80,000 pixels."""
+    against its kind's norm) as 2,304 numbers instead of 82,000 pixel values."""
 
     def __init__(self, arm: str = "profile", text_dim: int = 384):
         super().__init__()
