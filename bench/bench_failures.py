@@ -32,6 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -43,7 +44,7 @@ from bench.timing import Record  # noqa: E402
 from pipelines import generate, params, products  # noqa: E402
 from pipelines.conditions import draw_layout, make_conditions  # noqa: E402
 from pipelines.generate import GenerateConfig, Prompt  # noqa: E402
-from pipelines.scenes import PROMPTS, render, render_clutter  # noqa: E402
+from pipelines.scenes import PROMPTS, render  # noqa: E402
 from rf1m import shards  # noqa: E402
 
 ROOT = Path.home() / ".cache" / "rf1m-bench-failures"
@@ -143,8 +144,19 @@ def banding_check(pcfg, feats: dict, main_keys: list[str]) -> dict:
     return out
 
 
+def render_clutter(preset: str, seeds=range(1000, 1040)) -> list[float]:
+    """`rules.clutter` of the preset's renders without a product: SCENE_CLUTTER is their median (seeds 1000-1039).
+    Here, not in pipelines.scenes, so that the generator stages do not depend on the panel's rules; the table's
+    test measures with it too."""
+    out = []
+    for seed in seeds:
+        lightness = cv2.cvtColor(render(preset, seed).image, cv2.COLOR_RGB2LAB)[..., 0].astype(np.float64)
+        out.append(rules_module.clutter(lightness, np.ones(lightness.shape, bool)))
+    return out
+
+
 def clutter_check(pcfg, feats: dict, main_keys: list[str], oracle: dict, hacked: list[str]) -> dict:
-    """Each preset's clutter on 40 renders (`scenes.render_clutter`, as SCENE_CLUTTER was measured), and the rule with
+    """Each preset's clutter on 40 renders (`render_clutter`, as SCENE_CLUTTER was measured), and the rule with
     and without it (`rules.clutter` = inf) on the samples as generated and on each `hacked` batch."""
     norms = {}
     for preset in PROMPTS:

@@ -354,18 +354,3 @@ def render(preset: str, seed: int, size: int = 128, product: np.ndarray | None =
         depth = np.where(a > 0.5, geo.z[base, 0], depth)
     img = np.clip(img + _grain(rng, size, 0.012), 0, 1)
     return Scene((img * 255 + 0.5).astype(np.uint8), depth.astype(np.float32), surface, horizon, base)
-
-
-NORM_SEEDS = range(1000, 1040)  # the renders annotation.rules.SCENE_CLUTTER was measured on
-
-
-def render_clutter(preset: str, seeds=NORM_SEEDS) -> list[float]:
-    """`annotation.rules.clutter` of the preset's renders without a product: SCENE_CLUTTER is their median
-    (the panel's norm of how busy a scene may be). Kept here so the table's test and its bench measure alike."""
-    from annotation.rules import clutter
-
-    out = []
-    for seed in seeds:
-        lightness = cv2.cvtColor(render(preset, seed).image, cv2.COLOR_RGB2LAB)[..., 0].astype(np.float64)
-        out.append(clutter(lightness, np.ones(lightness.shape, bool)))
-    return out

@@ -11,10 +11,11 @@ import pytest
 
 from annotation import panel
 from annotation.rules import SCENE_CLUTTER, Rules, features, ground_line, judge, norm_height
+from bench.bench_failures import render_clutter
 from pipelines import generate, rfft
 from pipelines.conditions import Layout, LayoutConfig, make_conditions, paste_back
 from pipelines.products import ProductsConfig, synthetic_products
-from pipelines.scenes import PROMPTS, render, render_clutter
+from pipelines.scenes import PROMPTS, render
 from rf1m import shards, tables
 from rf1m.paths import Layout as Paths
 
