@@ -144,7 +144,7 @@ class ProfileNet(nn.Module):
     the geometry the panel judges (where the ground line is, where the product stands, how tall it is
     against its kind's norm) as 2,304 numbers instead of 82,000 pixel values."""
 
-    def __init__(self, arm: str = "profile", text_dim: int = 384):
+    def __init__(self, text_dim: int = 384):
         super().__init__()
 
         def enc():
