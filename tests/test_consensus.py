@@ -107,7 +107,7 @@ def test_panel_rules_cover_every_reason():
              "size_mismatch": {"title": "Vela red bag", "category": "fashion", "height": 0.2},
              "indistinctiveness": {"contrast": 20.0}, "shape_hallucination": {"halo": 0.6}}
     assert judge({**ok, "banding": 0.8}, Rules(camera_m=0.08)) == ("not_available", ["indistinctiveness"])
-    assert judge({**ok, "clutter": 8.0}, Rules(camera_m=0.08)) == ("not_available", ["indistinctiveness"])  # > 1.4 x 5.4
+    assert judge({**ok, "clutter": 8.0}, Rules(camera_m=0.08)) == ("not_available", ["indistinctiveness"])  # > 1.4 x 4.4
     assert judge({**ok, "clutter": 8.0, "prompt_id": None}, Rules(camera_m=0.08)) == ("available", [])  # no preset
     for reason, change in cases.items():
         assert judge({**ok, **change}, Rules(camera_m=0.08)) == ("not_available", [reason])

@@ -13,7 +13,7 @@ from annotation import panel
 from annotation.rules import SCENE_CLUTTER, Rules, features, ground_line, judge, norm_height
 from bench.bench_failures import render_clutter
 from pipelines import generate, rfft
-from pipelines.conditions import Layout, LayoutConfig, make_conditions, paste_back
+from pipelines.conditions import Layout, LayoutConfig, draw_layout, make_conditions, paste_back
 from pipelines.products import ProductsConfig, synthetic_products
 from pipelines.scenes import PROMPTS, render
 from rf1m import shards, tables
@@ -60,6 +60,35 @@ def test_floating_product_is_space_mismatch_and_standing_one_is_not(preset):
         verdicts[where] = judge(f, r)[1]
     assert "space_mismatch" in verdicts["floating"]
     assert "space_mismatch" not in verdicts["standing"]
+
+
+def test_a_broad_edge_is_the_ground_line_not_a_thin_dark_line():
+    """The generator paints its horizon as a ramp a dozen rows broad; a 4-row search scored a thin dark line (a
+    shadow, a seam) above it, as on the generated samples where a 2 px wider mask moved its line more than 3 px
+    on 21% (bench_ground_line). The 8-row search takes the ramp."""
+    lightness = np.full(SIDE, 60.0)
+    lightness[70:82] = np.linspace(60, 90, 12)
+    lightness[82:] = 90
+    lightness[104:107] = 68  # the thin line, below the ramp and the product's base
+    image = np.repeat(np.repeat(lightness[:, None, None], SIDE, 1), 3, 2).astype(np.uint8)
+    product = bottle(0.3, 0)
+    row, _ = ground_line(image, product[..., 3])
+    assert 72 <= row <= 80
+
+
+def test_products_on_the_studio_podium_are_not_judged_floating():
+    """The studio's product stands in the front half of a podium wider than the frame, whose rim is the horizon
+    (`CORPUS_VERSION` 5). Before, it stood at the centre of a shallow, narrower top: the rim was as near the base
+    as the float margin, and 24 of these 30 renders were judged floating with the 4-row search, 12 with 8 rows."""
+    r, layout = Rules(), LayoutConfig(size=SIDE, scale_range=(0.6, 0.9), jitter=0.1)  # the demo's layout
+    rgba = [p[3] for p in synthetic_products(ProductsConfig(count=16, seed=11, truncated_every=0))]
+    floating = []
+    for j in range(30):
+        product = make_conditions(rgba[j % 16], layout, draw_layout(layout, np.random.default_rng([3, j]))).product
+        sc = render("studio", 5300 + j, SIDE, product)
+        row, step = ground_line(sc.image, product[..., 3])
+        floating.append(step < r.ground_step or (sc.base + 1 - row) / SIDE <= r.float_gap)
+    assert np.mean(floating) <= 0.1
 
 
 def test_a_striped_backdrop_is_indistinct_not_a_surface_to_stand_on():
