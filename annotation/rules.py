@@ -22,7 +22,8 @@ product photo's own (the products stage measures `truncated`). The layout is fix
   unsuitable           the product photo cuts the product off (recipe `product_truncated`)
 
 The ground line is the row where the background's row profile (per-row median CIELAB colour of the
-pixels outside the dilated product) steps most between the `window` rows above and below it. On the
+pixels outside the dilated product) steps most between the `window` rows above and below it (the middle of
+the rows that share the strongest step). On the
 renderer's scenes, where the true horizon is known, `bench/bench_failures.py` reports its error.
 
 Why 8 rows, not 4 (bench/bench_ground_line.py, RESULTS "Which ground line"): the generator's edges are a few
@@ -127,12 +128,17 @@ def _background(alpha: np.ndarray) -> np.ndarray:
 
 
 def _ground(prof: np.ndarray, window: int) -> tuple[int, float]:
+    """The strongest step, at the middle of the rows that share it: a sharp edge gives every row within k/2 of it
+    the same median step, and the first of them sat k/2 - 1 rows above the edge (3 rows at k = 8)."""
     s = len(prof)
     k = max(2, round(window * s / 128))
     lo, hi = max(k, int(0.1 * s)), min(s - k + 1, int(0.9 * s))
-    steps = [np.linalg.norm(np.median(prof[y: y + k], 0) - np.median(prof[y - k: y], 0)) for y in range(lo, hi)]
-    i = int(np.argmax(steps))
-    return lo + i, float(steps[i])
+    steps = np.array([np.linalg.norm(np.median(prof[y: y + k], 0) - np.median(prof[y - k: y], 0))
+                      for y in range(lo, hi)])
+    i = j = int(np.argmax(steps))
+    while j + 1 < len(steps) and steps[j + 1] >= steps[i] - 1e-9:
+        j += 1
+    return lo + (i + j + 1) // 2, float(steps[i])
 
 
 def ground_line(image: np.ndarray, alpha: np.ndarray, window: int = Rules.window) -> tuple[int, float]:

@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from annotation import panel  # noqa: E402
-from annotation.rules import Rules, _background, _row_profile, features, judge  # noqa: E402
+from annotation.rules import Rules, _background, _ground, _row_profile, features, judge  # noqa: E402
 from pipelines import params, products  # noqa: E402
 from pipelines.conditions import draw_layout, make_conditions  # noqa: E402
 from pipelines.generate import GenerateConfig  # noqa: E402
@@ -44,15 +44,6 @@ from pipelines.scenes import PROMPTS, render  # noqa: E402
 from rf1m import shards  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "ground_line.json"
-
-
-def step_search(prof: np.ndarray, k: int) -> tuple[int, float]:
-    s = len(prof)
-    k = max(2, round(k * s / 128))
-    lo, hi = max(k, int(0.1 * s)), min(s - k + 1, int(0.9 * s))
-    steps = [np.linalg.norm(np.median(prof[y: y + k], 0) - np.median(prof[y - k: y], 0)) for y in range(lo, hi)]
-    i = int(np.argmax(steps))
-    return lo + i, float(steps[i])
 
 
 def changepoint(prof: np.ndarray) -> tuple[int, float]:
@@ -71,8 +62,8 @@ def changepoint(prof: np.ndarray) -> tuple[int, float]:
     return y, float(np.linalg.norm(np.median(prof[y: y + k], 0) - np.median(prof[max(y - k, 0): y], 0)))
 
 
-CANDIDATES = {"step 4 (until 2026-12-07)": lambda p: step_search(p, 4), "step 6": lambda p: step_search(p, 6),
-              "step 8 (adopted)": lambda p: step_search(p, 8), "step 12": lambda p: step_search(p, 12),
+CANDIDATES = {"step 4 (until 2026-12-07)": lambda p: _ground(p, 4), "step 6": lambda p: _ground(p, 6),
+              "step 8 (adopted)": lambda p: _ground(p, 8), "step 12": lambda p: _ground(p, 12),
               "changepoint": changepoint}
 
 

@@ -76,6 +76,14 @@ def test_a_broad_edge_is_the_ground_line_not_a_thin_dark_line():
     assert 72 <= row <= 80
 
 
+def test_a_sharp_edge_is_found_where_it_is():
+    """Every row within k/2 of a sharp edge has the same median step; the search took the first of them, k/2 - 1
+    rows above the edge (3 rows at 8 rows a side), so every line sat high and every gap looked larger."""
+    image = np.zeros((SIDE, SIDE, 3), np.uint8)
+    image[70:] = 120
+    assert ground_line(image, bottle(0.3, 0)[..., 3])[0] == 70
+
+
 def test_products_on_the_studio_podium_are_not_judged_floating():
     """The studio's product stands in the front half of a podium wider than the frame, whose rim is the horizon
     (`CORPUS_VERSION` 5). Before, it stood at the centre of a shallow, narrower top: the rim was as near the base
