@@ -28,9 +28,9 @@ renderer's scenes, where the true horizon is known, `bench/bench_failures.py` re
 
 Why 8 rows, not 4 (bench/bench_ground_line.py, RESULTS "Which ground line"): the generator's edges are a few
 rows broad, so a 4-row window's strongest step wandered along them: a product mask 2 px wider moved the line
-more than 3 px on 21% of generated samples (8 rows: 13%), the same search on whole-image rows, what a network
+more than 3 px on 21% of generated samples (8 rows: 13.5%), the same search on whole-image rows, what a network
 sees, agreed with it on 27% (30%), and on renders blurred by the generator's VAE it was within 3 px of the true
-horizon on 55% (60%). On crisp renders the two are equal (66% and 65%).
+horizon on 57% (62%). On crisp renders the two are about equal (69% and 70%).
 
 Why banding: RFFT fooled the ground-line rule by painting horizontal stripes over every prompt
 (bench/RESULTS.md, "RFFT in rounds on the generator after the corpus fix"): a stripe edge gives the

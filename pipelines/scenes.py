@@ -203,7 +203,7 @@ def _studio(rng, g):
     # The podium: a cylinder whose top the product stands on, in the top's front half; the top's back rim is the
     # scene's horizon, 0.12-0.45 of the side behind the base like every preset's surface edge, and the podium is
     # wider than the frame, so the rim runs across it. `CORPUS_VERSION` 4 stood the product at the centre of a
-    # top 0.04-0.07 deep and 0.8-1.0 of the frame wide: the rim, which the wide products hid, was as near the base
+    # top 0.04-0.07 deep and 0.76-0.96 of the frame wide: the rim, which the wide products hid, was as near the base
     # as the panel's float margin and the rules called 68% of these renders floating (RESULTS "Which ground line").
     cx, w = s / 2 + rng.uniform(-0.05, 0.05) * s, rng.uniform(0.65, 0.85) * s
     eh = (g.base - g.horizon) / 1.3  # render() keeps the horizon at least 2 rows above the base

@@ -101,7 +101,7 @@ def test_products_on_the_studio_podium_are_not_judged_floating():
 
 def test_a_striped_backdrop_is_indistinct_not_a_surface_to_stand_on():
     """RFFT's hack (bench/RESULTS.md): stripes in place of the scene. A stripe edge is a ground line to
-    the rules (the first of the equal steps), and wherever the perspective it implies fits the product's
+    the rules (a strongest step), and wherever the perspective it implies fits the product's
     size, the rules before banding called the product available; now the backdrop is indistinct wherever
     the product stands, and so are vertical stripes. Not flagged: faint bands, a smooth gradient, and
     scenes without repeating structure (crisp tiles and kitchen cabinets do repeat: README)."""
