@@ -39,8 +39,7 @@ def measured(cfg, controlnet: str | None, items: list[tuple]) -> list[dict]:
         chunk = items[i: i + cfg.batch_size]
         imgs = gen.sample([c for *_, c in chunk], [pr for _, pr, _, _ in chunk], [s for _, _, s, _ in chunk])
         for im, (p, pr, _, c) in zip(imgs, chunk):
-            f = {**panel.features(im, c.product), "truncated": bool(p["truncated"]), "title": p["title"],
-                 "category": p["category"], "prompt_id": pr.id}
+            f = rfft.oracle_features(im, c.product, p, pr.id)
             out.append({**f, "reasons": panel.judge(f, panel.Rules())[1], "image": im})
     return out
 

@@ -388,15 +388,21 @@ def originals_tensor(items: list[tuple], size: int, device: str) -> torch.Tensor
 
 # ---------------------------------------------------------------- evaluation
 
-def oracle(image: np.ndarray, product: np.ndarray, info: dict, prompt_id: str) -> str:
-    """The panel's rules without noise (annotation.panel), standing in for people; `info`: the
-    product row (truncated, title, category: what the rules read from a sample's recipe); `prompt_id`:
-    the preset whose scene the clutter rule compares with."""
+def oracle_features(image: np.ndarray, product: np.ndarray, info: dict, prompt_id: str) -> dict:
+    """What the oracle judges: the panel's measurements of the image plus what the rules read from the recipe;
+    `info`: the product row (truncated, title, category); `prompt_id`: the preset whose scene the clutter rule
+    compares with."""
     from annotation import panel
 
-    f = {**panel.features(image, product), "truncated": bool(info["truncated"]), "title": info["title"],
-         "category": info["category"], "prompt_id": prompt_id}
-    return panel.judge(f, panel.Rules())[0]
+    return {**panel.features(image, product), "truncated": bool(info["truncated"]), "title": info["title"],
+            "category": info["category"], "prompt_id": prompt_id}
+
+
+def oracle(image: np.ndarray, product: np.ndarray, info: dict, prompt_id: str) -> str:
+    """The panel's rules without noise (annotation.panel), standing in for people."""
+    from annotation import panel
+
+    return panel.judge(oracle_features(image, product, info, prompt_id), panel.Rules())[0]
 
 
 def judged(gen: Generator, judge, items: list[tuple]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
